@@ -1,0 +1,1 @@
+"""Subcommands of ``rerender`` owned by the backend: ``serve`` and ``bundle``."""

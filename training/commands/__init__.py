@@ -1,0 +1,1 @@
+"""Subcommands of ``rerender`` owned by training: reconstruct, dataset, train, evaluate, synth, demo."""
