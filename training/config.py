@@ -1,0 +1,127 @@
+"""Training hyperparameters, with the paper's / the authors' code defaults (reference/official-code-facts.md).
+
+Why a dataclass stored next to every checkpoint: an exact resume needs the exact settings, and a reader of a
+run folder must be able to see what produced it. Tests use :meth:`TrainConfig.tiny`, which keeps the schedule
+logic but shrinks sizes and step counts so a CPU can run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("staged", "i2i", "sem", "bicycle")
+STAGES = ("all", "1", "2", "3")
+
+# VGG layers of the perceptual loss and the style (Gram) distance, and the perceptual weights of the authors' code.
+VGG_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
+PAPER_VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+class ConfigError(ValueError):
+    """A training setting that cannot work (says which and what to use instead)."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    load_size: int = 512  # every view is resized/center-cropped to this square; the encoder sees all of it
+    crop_size: int = 256  # random training crops the rerenderer sees (paper: 256 x 256)
+    batch_size: int = 8
+    num_workers: int = 2
+    # optimisation (Adam beta1 = 0, beta2 = 0.99, lr 1e-3 for R and D, 1e-4 for the finetuned encoder)
+    lr: float = 1e-3
+    lr_encoder_pretrain: float = 1e-3
+    lr_encoder_finetune: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    ema_decay: float = 0.999
+    mixed_precision: bool = True  # only ever used on CUDA
+    # loss weights (generator loss = 1.0 GAN + 0.3 VGG in the authors' code)
+    w_gan: float = 1.0
+    w_vgg: float = 0.3
+    vgg_layer_weights: tuple[float, ...] = PAPER_VGG_WEIGHTS
+    vgg_feature_scale: float = 0.1
+    w_l1: float = 0.0  # the staged method uses no direct L1; baselines may
+    # appearance pretraining (stage 1)
+    triplet_margin: float = 0.1
+    triplet_k_near: int = 5
+    triplet_k_far: int = 13
+    style_size: int = 256  # central crop the style distance is computed on
+    # BicycleGAN-style baseline (+Sem+BaseApp)
+    w_kl: float = 0.01
+    w_latent: float = 0.5
+    w_cross_cycle: float = 10.0
+    # discriminator
+    d_scales: int = 3
+    d_channels: int = 64
+    # schedule, in optimiser steps per stage (the authors ran ~512k steps for stages 2 and 3 each)
+    steps_stage1: int = 20_000
+    steps_stage2: int = 200_000
+    steps_stage3: int = 100_000
+    steps_semantic: int = 50_000
+    steps_baseline: int = 300_000
+    checkpoint_every: int = 1000
+    validate_every: int = 2000
+    log_every: int = 50
+    num_val_images: int = 4
+    # networks (passed to the backend's bundle config)
+    latent_size: int = 8
+    network: dict[str, Any] = field(default_factory=dict)
+    vgg_width_divisor: int = 1  # 1 = the real VGG19 (ImageNet weights load); tests shrink it
+    vgg_weights: str | None = None  # path to torchvision's vgg19-*.pth; None = torch hub cache / download
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives lists
+        self.vgg_layer_weights = tuple(self.vgg_layer_weights)
+        if self.crop_size > self.load_size:
+            raise ConfigError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}; "
+                              f"use a crop no larger than the loaded image")
+        if self.crop_size % 64 and self.crop_size >= 64:
+            raise ConfigError(f"crop_size {self.crop_size} must be a multiple of 64 (the rerenderer halves "
+                              f"the resolution 6 times)")
+        if len(self.vgg_layer_weights) != len(VGG_LAYERS):
+            raise ConfigError(f"vgg_layer_weights needs {len(VGG_LAYERS)} values ({', '.join(VGG_LAYERS)})")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "TrainConfig":
+        """Small images, small VGG, few steps: the same code paths on a CPU in seconds (tests, smoke runs)."""
+        values: dict[str, Any] = dict(
+            load_size=64, crop_size=32, batch_size=2, num_workers=0, vgg_width_divisor=8, style_size=32,
+            steps_stage1=4, steps_stage2=4, steps_stage3=4, steps_semantic=4, steps_baseline=4,
+            checkpoint_every=2, validate_every=4, log_every=1, num_val_images=2, triplet_k_near=1,
+            triplet_k_far=1, d_scales=2, d_channels=8, mixed_precision=False,
+            network={"base_channels": 8, "max_channels": 32, "levels": 2, "encoder_channels": 16},
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        data["vgg_layer_weights"] = list(self.vgg_layer_weights)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable training config ({exc})") from exc
+        return cls.from_json(data)

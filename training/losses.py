@@ -1,0 +1,125 @@
+"""Losses of staged training and of the baselines (paper §3, reference/official-code-facts.md).
+
+Every function takes tensors and returns a scalar tensor (or, for distances, one value per pair), so each has a
+known-answer test: the Gram distance of an image to itself is 0, the triplet loss is 0 once the negative is
+farther than the positive by the margin, LSGAN losses vanish at their targets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .vgg import VGG19Features
+
+
+def perceptual_loss(vgg: VGG19Features, output: torch.Tensor, target: torch.Tensor,
+                    layer_weights: Sequence[float], feature_scale: float = 0.1) -> torch.Tensor:
+    """Weighted mean squared difference of VGG activations (conv1_2 ... conv5_2; weights 1/32 ... 1).
+
+    Why the 0.1 scale: the authors scale activations before the squared difference, which keeps this loss in the
+    same range as the GAN loss with their 0.3 weight. The target's features carry no gradient.
+    """
+    feats_out = vgg(output)
+    with torch.no_grad():
+        feats_tgt = vgg(target)
+    total = output.new_zeros(())
+    for w, a, b in zip(layer_weights, feats_out, feats_tgt):
+        total = total + w * F.mse_loss(a.float() * feature_scale, b.float() * feature_scale)
+    return total
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W activations -> N x C x C Gram matrices normalised by C*H*W (size-independent)."""
+    n, c, h, w = features.shape
+    f = features.float().reshape(n, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def style_grams(vgg: VGG19Features, images: torch.Tensor) -> list[torch.Tensor]:
+    """Gram matrices of every VGG layer for a batch of images in [-1, 1]."""
+    with torch.no_grad():
+        return [gram_matrix(f) for f in vgg(images)]
+
+
+def style_distance(grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Style distance between paired Gram sets: sum over layers of the squared Frobenius norm of the difference.
+
+    Shapes broadcast, so ``grams_a`` with N items against ``grams_b`` of one image gives N distances.
+    """
+    total = None
+    for ga, gb in zip(grams_a, grams_b):
+        d = ((ga - gb) ** 2).flatten(1).sum(1) if ga.dim() == 3 else ((ga - gb) ** 2).sum()
+        total = d if total is None else total + d
+    assert total is not None, "style_distance needs at least one layer"
+    return total
+
+
+def pairwise_style_distances(grams: Sequence[torch.Tensor]) -> torch.Tensor:
+    """N x N matrix of style distances between all images whose Gram matrices are given (one row at a time)."""
+    n = grams[0].shape[0]
+    out = torch.zeros(n, n)
+    for i in range(n):
+        out[i] = style_distance(grams, [g[i:i + 1] for g in grams]).cpu()
+    return out
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
+    """max(|za - zp|^2 - |za - zn|^2 + margin, 0), averaged over the batch.
+
+    The paper's formula is written on Gram matrices, but those do not depend on the encoder: the Gram (style)
+    distance chooses positive and negative, and the loss is taken on the appearance latents, as in the
+    authors' code.
+    """
+    d_pos = ((anchor - positive) ** 2).sum(1)
+    d_neg = ((anchor - negative) ** 2).sum(1)
+    return F.relu(d_pos - d_neg + margin).mean()
+
+
+def lsgan_d_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Discriminator LSGAN loss: mean (D(real) - 1)^2 + mean D(fake)^2, summed over scales."""
+    total = real_logits[0].new_zeros((), dtype=torch.float32)
+    for r, f in zip(real_logits, fake_logits):
+        total = total + ((r.float() - 1) ** 2).mean() + (f.float() ** 2).mean()
+    return total
+
+
+def lsgan_g_loss(fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Generator LSGAN loss: mean (D(fake) - 1)^2, summed over scales."""
+    total = fake_logits[0].new_zeros((), dtype=torch.float32)
+    for f in fake_logits:
+        total = total + ((f.float() - 1) ** 2).mean()
+    return total
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute difference, optionally only where ``mask`` (N x 1 x H x W, bool/float) is set."""
+    diff = (output.float() - target.float()).abs()
+    if mask is None:
+        return diff.mean()
+    m = mask.float().expand_as(diff)
+    return (diff * m).sum() / m.sum().clamp_min(1.0)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent, averaged over the batch (BicycleGAN's prior)."""
+    return (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)).mean()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: Sequence[int]) -> torch.Tensor:
+    """Cross entropy of a semantic prediction, ignoring pixels whose label is in ``ignore`` (transient, unknown).
+
+    Why: the semantic predictor S guesses a *plausible* labelling from the deep buffer; people and cars in a photo
+    cannot be predicted from geometry, so the paper masks the loss on them.
+    """
+    target = labels.long().clone()
+    drop = torch.zeros_like(target, dtype=torch.bool)
+    for c in ignore:
+        drop |= target == int(c)
+    drop |= target >= logits.shape[1]
+    target[drop] = -100
+    if bool((~drop).sum() == 0):
+        return logits.sum() * 0.0  # nothing to learn from this batch, but keep the graph connected
+    return F.cross_entropy(logits.float(), target, ignore_index=-100)
