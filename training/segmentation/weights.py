@@ -1,0 +1,96 @@
+"""Where the segmenter's pretrained weights come from: a path the user gives, the user cache, or a download.
+
+The checkpoints are the authors' own files from their public repositories (MIT); they are never shipped with the
+project. On first use they are downloaded once into ``~/.cache/rerender/segmentation/`` (``$RERENDER_CACHE``
+overrides the root), checked against a pinned SHA-256 so a changed or truncated file is never used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import SegmentationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    key: str
+    filename: str
+    url: str
+    sha256: str
+    architecture: str  # "espnet" (full, full-resolution output) or "espnet_c" (encoder, 1/8 resolution)
+
+
+_ESPNET_RAW = "https://github.com/sacmehta/ESPNet/raw/afe71c38/pretrained"
+
+CHECKPOINTS: dict[str, Checkpoint] = {
+    "espnet_p2_q8": Checkpoint("espnet_p2_q8", "espnet_p2_q8_cityscapes.pth",
+                               f"{_ESPNET_RAW}/decoder/espnet_p_2_q_8.pth",
+                               "343b0e77e8545d36113c4f3efbf1ee349256f25c97c9f9d5ddefe45f2f49763e", "espnet"),
+    "espnetc_p2_q8": Checkpoint("espnetc_p2_q8", "espnetc_p2_q8_cityscapes.pth",
+                                f"{_ESPNET_RAW}/encoder/espnet_p_2_q_8.pth",
+                                "836f28a2a31bd4fc8997001ab6b620d1f9b7b274a03b32d9f3a95c17a011b438", "espnet_c"),
+}
+DEFAULT_CHECKPOINT = "espnet_p2_q8"
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("RERENDER_CACHE", Path.home() / ".cache" / "rerender"))
+    return root / "segmentation"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_weights(path: str | Path | None = None, *, checkpoint: str = DEFAULT_CHECKPOINT,
+                    download: bool = True) -> Path:
+    """The local file of a checkpoint: ``path`` if given (a file, or a folder holding the checkpoint's file name),
+    else the cache, else a fresh download into the cache (when ``download``)."""
+    ckpt = CHECKPOINTS[checkpoint]
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = next((c for c in (p / ckpt.filename, p / "espnet" / ckpt.filename) if c.is_file()), p / ckpt.filename)
+        if not p.is_file():
+            raise SegmentationError(f"segmenter weights not found at {p}; pass the .pth file of {ckpt.url} "
+                                    f"(or a folder holding {ckpt.filename}) with --segmenter-weights")
+        return p
+    cached = cache_dir() / ckpt.filename
+    if cached.is_file():
+        return cached
+    if not download:
+        raise SegmentationError(f"segmenter weights are not cached at {cached}; download {ckpt.url} there "
+                                f"or pass --segmenter-weights PATH")
+    return _download(ckpt, cached)
+
+
+def _download(ckpt: Checkpoint, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log.warning("downloading segmenter weights %s -> %s", ckpt.url, dest)
+    try:
+        with urllib.request.urlopen(ckpt.url, timeout=60) as resp, open(part, "wb") as f:
+            while block := resp.read(1 << 16):
+                f.write(block)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise SegmentationError(f"could not download {ckpt.url} ({exc}); download it by hand and pass "
+                                f"--segmenter-weights PATH, or put it at {dest}") from exc
+    digest = sha256_of(part)
+    if digest != ckpt.sha256:
+        part.unlink(missing_ok=True)
+        raise SegmentationError(f"downloaded {ckpt.url} has SHA-256 {digest}, expected {ckpt.sha256}; not using it")
+    part.replace(dest)
+    return dest
