@@ -1,0 +1,220 @@
+"""THE one place where deep buffers and photos become network tensors, and network output becomes pixels.
+
+Every number that shapes the network input (depth range and mode, label encoding, palette) lives in an
+``InputEncoding`` stored in the model bundle's config, so training, the server and evaluation cannot disagree
+(DESIGN §3: "Network input normalisation ... is stored in the model bundle, not hard-coded twice").
+
+Channel layout of an encoded buffer, every channel in [-1, 1] (the authors' 7 channels + a mask):
+  0..2  point color as sRGB (the buffer stores linear float16; converted with bridge.colors), empty -> -1
+  3     depth: near -> +1, far -> -1 ("inverse": 1/z interpolated between 1/near and 1/far, the default, which
+        spends the range where the detail is; "linear": z itself), empty -> ``empty_depth``
+  4..   labels (only ``with_labels``): "color" = the class palette as 3 channels (the authors' semantic color image),
+        unknown (255) -> ``unknown_color``; or "onehot" = K channels of +1/-1, unknown -> all -1
+  last  mask: +1 where a point was drawn, -1 where empty (so an empty pixel never looks like a black point)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rerender.bridge.buffers import DeepBuffer
+from rerender.bridge.classes import DEFAULT_CLASSES, UNKNOWN, ClassTable
+from rerender.bridge.colors import linear_to_srgb
+
+DEPTH_MODES = ("inverse", "linear")
+LABEL_MODES = ("color", "onehot")
+
+
+def _default_palette() -> list[tuple[int, int, int]]:
+    return [tuple(c.color) for c in DEFAULT_CLASSES]
+
+
+@dataclass
+class InputEncoding:
+    """How a DeepBuffer becomes N x C x H x W network input; serialisable into the bundle config."""
+
+    depth_mode: str = "inverse"
+    near: float = 1.0
+    far: float = 100.0
+    empty_depth: float = -1.0
+    label_mode: str = "color"
+    palette: list[tuple[int, int, int]] = field(default_factory=_default_palette)  # sRGB per class id
+    unknown_color: tuple[int, int, int] = (0, 0, 0)
+    mask_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth_mode not in DEPTH_MODES:
+            raise ValueError(f"depth_mode must be one of {DEPTH_MODES}, got {self.depth_mode!r}")
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {self.label_mode!r}")
+        self.near, self.far, self.empty_depth = float(self.near), float(self.far), float(self.empty_depth)
+        if not (0 < self.near < self.far < np.inf):
+            raise ValueError(f"depth range must satisfy 0 < near < far < inf, got near={self.near}, far={self.far}; "
+                             f"take them from the dataset's depth_stats (p01, p99)")
+        self.palette = [tuple(int(v) for v in c) for c in self.palette]
+        self.unknown_color = tuple(int(v) for v in self.unknown_color)
+        if not self.palette or len(self.palette) > UNKNOWN:
+            raise ValueError(f"palette needs 1..{UNKNOWN} classes, got {len(self.palette)}")
+        for c in (*self.palette, self.unknown_color):
+            if len(c) != 3 or not all(0 <= v <= 255 for v in c):
+                raise ValueError(f"palette colors must be 3 ints in 0..255, got {c}")
+        if self.label_mode == "color":
+            if self.unknown_color in self.palette:
+                raise ValueError(f"unknown_color {self.unknown_color} is also a class color: unknown labels would "
+                                 f"look like class {self.palette.index(self.unknown_color)}; pick another color")
+            if len(set(self.palette)) != len(self.palette):
+                raise ValueError("two classes share a palette color: the 'color' label encoding cannot tell them "
+                                 "apart; use label_mode='onehot' or distinct colors")
+
+    # ---- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def for_classes(cls, classes: ClassTable, **kwargs: Any) -> "InputEncoding":
+        """An encoding whose palette is the class table's (the usual way to build one)."""
+        return cls(palette=[tuple(c.color) for c in classes], **kwargs)
+
+    @classmethod
+    def for_dataset(cls, depth_stats: dict, classes: ClassTable = DEFAULT_CLASSES, **kwargs: Any) -> "InputEncoding":
+        """Depth range from a dataset manifest's ``depth_stats`` ({"p01", "p50", "p99"}): near = p01, far = p99."""
+        try:
+            near, far = float(depth_stats["p01"]), float(depth_stats["p99"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"depth_stats must hold numbers p01 and p99, got {depth_stats!r}") from exc
+        if far <= near:
+            far = near * 2.0  # a flat scene: any positive range works, the network sees a constant
+        return cls.for_classes(classes, near=near, far=far, **kwargs)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["palette"] = [list(c) for c in self.palette]
+        d["unknown_color"] = list(self.unknown_color)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InputEncoding":
+        if not isinstance(data, dict):
+            raise ValueError(f"input encoding must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"input encoding has unknown fields {sorted(unknown)}; the bundle was written by a newer "
+                             f"rerender: upgrade")
+        return cls(**data)
+
+    # ---- sizes --------------------------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.palette)
+
+    def label_channels(self) -> int:
+        return 3 if self.label_mode == "color" else self.num_classes
+
+    def channels(self, with_labels: bool) -> int:
+        """Channels of an encoded buffer: color 3 + depth 1 (+ labels) (+ mask)."""
+        return 4 + (self.label_channels() if with_labels else 0) + (1 if self.mask_channel else 0)
+
+    # ---- encoding -----------------------------------------------------------------------------------------------
+
+    def encode_buffers(self, buffers: Sequence[DeepBuffer], with_labels: bool = True,
+                       labels: np.ndarray | None = None) -> torch.Tensor:
+        """Deep buffers (all one size) -> float32 N x C x H x W on the CPU.
+
+        ``labels`` (uint8 N x H x W) replaces the buffers' own label passes: training conditions R on the photo's
+        segmentation, as the paper does, while the buffer provides color and depth.
+        """
+        buffers = list(buffers)
+        if not buffers:
+            raise ValueError("encode_buffers needs at least one DeepBuffer")
+        if not all(isinstance(b, DeepBuffer) for b in buffers):
+            raise TypeError("encode_buffers takes rerender.bridge.DeepBuffer objects")
+        sizes = {b.shape for b in buffers}
+        if len(sizes) > 1:
+            raise ValueError(f"all deep buffers of a batch must have one size, got {sorted(sizes)}")
+        mask = np.stack([b.mask for b in buffers])
+        color = linear_to_srgb(np.stack([b.color for b in buffers])) * 2.0 - 1.0
+        color[~mask] = -1.0
+        parts = [color.transpose(0, 3, 1, 2), self.encode_depth(np.stack([b.depth for b in buffers]), mask)[:, None]]
+        if with_labels:
+            lab = np.stack([b.label for b in buffers]) if labels is None else np.asarray(labels)
+            if lab.shape != mask.shape:
+                raise ValueError(f"labels must be N x H x W = {mask.shape}, got {lab.shape}")
+            parts.append(self._label_array(lab))
+        if self.mask_channel:
+            parts.append(np.where(mask, 1.0, -1.0).astype(np.float32)[:, None])
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32))
+
+    def encode_depth(self, depth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Planar depth (scene units, +inf empty) -> float32 in [-1, 1]: near -> +1, far -> -1, empty -> empty_depth."""
+        d = np.asarray(depth, dtype=np.float32)
+        valid = np.isfinite(d) & (d > 0)
+        if mask is not None:
+            valid &= mask
+        safe = np.where(valid, d, self.far)
+        if self.depth_mode == "inverse":
+            t = (1.0 / safe - 1.0 / self.far) / (1.0 / self.near - 1.0 / self.far)
+        else:
+            t = (self.far - safe) / (self.far - self.near)
+        out = np.clip(t, 0.0, 1.0) * 2.0 - 1.0
+        return np.where(valid, out, self.empty_depth).astype(np.float32)
+
+    def encode_labels(self, label: np.ndarray) -> torch.Tensor:
+        """uint8 class ids N x H x W (255 = unknown) -> float32 N x label_channels x H x W in [-1, 1].
+
+        Used for the buffer's label pass and, in training, for a photo's segmentation.
+        """
+        return torch.from_numpy(np.ascontiguousarray(self._label_array(np.asarray(label))))
+
+    def _label_array(self, label: np.ndarray) -> np.ndarray:
+        if label.dtype != np.uint8 or label.ndim != 3:
+            raise ValueError(f"labels must be uint8 N x H x W, got {label.dtype} {label.shape}")
+        bad = (label >= self.num_classes) & (label != UNKNOWN)
+        if bad.any():
+            raise ValueError(f"label ids {sorted(set(np.unique(label[bad]).tolist()))} are outside the bundle's "
+                             f"{self.num_classes} classes (and not {UNKNOWN} = unknown): the buffer was labelled "
+                             f"with another class table")
+        return self._label_lut()[label].transpose(0, 3, 1, 2)
+
+    def _label_lut(self) -> np.ndarray:
+        """256 x label_channels table: class id -> encoded channels."""
+        if self.label_mode == "color":
+            lut = np.zeros((256, 3), np.float32)
+            lut[:] = np.asarray(self.unknown_color, np.float32) / 127.5 - 1.0
+            lut[: self.num_classes] = np.asarray(self.palette, np.float32) / 127.5 - 1.0
+        else:
+            lut = np.full((256, self.num_classes), -1.0, np.float32)
+            lut[np.arange(self.num_classes), np.arange(self.num_classes)] = 1.0
+        return lut
+
+    def encode_photos(self, photos: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 sRGB photos (N x H x W x 3 array, or a list of H x W x 3 of one size) -> float32 N x 3 x H x W, [-1, 1]."""
+        if isinstance(photos, np.ndarray) and photos.ndim == 3:
+            raise ValueError(f"encode_photos takes a batch N x H x W x 3 or a list of photos, got one {photos.shape} "
+                             f"array; wrap it in a list")
+        items = list(photos)
+        if not items:
+            raise ValueError("encode_photos needs at least one photo")
+        for p in items:
+            p = np.asarray(p)
+            if p.dtype != np.uint8 or p.ndim != 3 or p.shape[2] != 3:
+                raise ValueError(f"photos must be uint8 H x W x 3 sRGB, got {p.dtype} {p.shape}")
+        sizes = {np.asarray(p).shape for p in items}
+        if len(sizes) > 1:
+            raise ValueError(f"all photos of a batch must have one size, got {sorted(sizes)}")
+        batch = np.stack([np.asarray(p) for p in items]).astype(np.float32) / 127.5 - 1.0
+        return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+
+    @staticmethod
+    def decode_rgb(t: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Network output N x 3 x H x W, sRGB in [-1, 1] (values outside are clipped) -> uint8 N x H x W x 3."""
+        if isinstance(t, torch.Tensor):
+            t = t.detach().to("cpu", torch.float32).numpy()
+        a = np.asarray(t, dtype=np.float32)
+        if a.ndim != 4 or a.shape[1] != 3:
+            raise ValueError(f"decode_rgb expects N x 3 x H x W, got {a.shape}")
+        a = np.nan_to_num(a, nan=-1.0)
+        return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1).copy()
