@@ -1,0 +1,216 @@
+"""The "Neural Rerender" render engine (``bl_idname = "RERENDER"``, DESIGN §6).
+
+Per frame: rasterize the point cloud from the shot camera with EEVEE in the hidden helper scene (the teammate's
+``render_deep_buffer``, the same code that made the training buffers), send that deep buffer and the frame's
+appearance latent to the backend, and write the returned image as ``Combined`` plus the deep buffer's own passes
+(``Depth``, ``Albedo``, ``Label``, ``Mask``). Because it is an ordinary engine, F12, Ctrl+F12, ``blender -b -a``,
+the compositor, File Output nodes and render farms work unchanged.
+
+Why ``bl_use_gpu_context = False``: the nested EEVEE render of the helper scene deadlocks when the engine holds the
+GPU context (reference/blender-facts.md). Why the errors are reported with ``self.report({'ERROR'})``: that stops
+an animation render at the failing frame and makes ``bpy.ops.render.render`` raise with the message, instead of
+writing a hundred black frames each after a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bpy
+import numpy as np
+
+from . import connection, properties
+from ._bridge import DeepBuffer, srgb8_to_linear, srgb_to_linear
+from .preferences import backend_settings
+
+ENGINE_ID = "RERENDER"
+EMPTY_DEPTH = 1.0e10  # Depth of pixels no point covers; Cycles' convention for "background", finite for nodes
+
+# name -> (channels, channel ids, pass type) of the passes besides Combined
+EXTRA_PASSES: dict[str, tuple[int, str, str]] = {
+    "Depth": (1, "Z", "VALUE"),
+    "Albedo": (3, "RGB", "COLOR"),
+    "Label": (1, "X", "VALUE"),
+    "Mask": (1, "X", "VALUE"),
+}
+
+
+class FrameError(RuntimeError):
+    """A frame cannot be rendered; the message tells the artist what to change."""
+
+
+def pass_pixels(buffer: DeepBuffer, rgb_linear: np.ndarray, *, transparent: bool) -> dict[str, np.ndarray]:
+    """Every pass of one frame as float32 arrays H x W x C, rows bottom-up (Blender's pass order).
+
+    ``rgb_linear`` is the backend's image already converted to scene-linear. With a transparent film the
+    Combined alpha is the point mask, so the artist can lay the rerender over other footage; otherwise it is 1
+    (the network paints every pixel, sky included).
+    """
+    h, w = buffer.shape
+    if rgb_linear.shape != (h, w, 3):
+        raise FrameError(f"the backend returned an image of shape {rgb_linear.shape}, expected {(h, w, 3)}: "
+                         "backend and add-on disagree; update both to one release")
+    mask = buffer.mask.astype(np.float32)
+    alpha = mask if transparent else np.ones((h, w), np.float32)
+    depth = np.where(buffer.mask & np.isfinite(buffer.depth), buffer.depth, EMPTY_DEPTH).astype(np.float32)
+    passes = {
+        "Combined": np.concatenate([rgb_linear.astype(np.float32), alpha[..., None]], axis=2),
+        "Depth": depth[..., None],
+        "Albedo": buffer.color.astype(np.float32),
+        "Label": buffer.label.astype(np.float32)[..., None],
+        "Mask": mask[..., None],
+    }
+    return {name: np.ascontiguousarray(a[::-1]) for name, a in passes.items()}
+
+
+def image_to_linear(image: np.ndarray) -> np.ndarray:
+    """The backend's sRGB image (uint8, or float in [0, 1]) as scene-linear float32 for Combined."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise FrameError(f"the backend returned an array of shape {image.shape}, not an RGB image")
+    if image.dtype == np.uint8:
+        return srgb8_to_linear(image)
+    if not np.all(np.isfinite(image)):
+        raise FrameError("the backend returned NaN or infinite pixels: the model is broken; retrain or reload it")
+    return srgb_to_linear(image)
+
+
+def frame_latent(scene_eval: bpy.types.Scene, expected: int) -> tuple[np.ndarray, str | None]:
+    """(latent, warning) for the frame, read from the evaluated scene so F-curves apply."""
+    latent = properties.read_latent(scene_eval)
+    if latent.size == 0:
+        return np.zeros(expected, np.float32), ("the scene has no appearance yet: rendered with an all-zero "
+                                                "latent; pick a look in the Rerender panel")
+    if expected and latent.size != expected:
+        raise FrameError(f"the scene's appearance has {latent.size} values but the backend's model expects "
+                         f"{expected}: click 'Match Model' in the Rerender panel (Render properties), then key "
+                         "the look again")
+    if not np.all(np.isfinite(latent)):
+        raise FrameError("the scene's appearance latent contains NaN or infinite values: re-key the look")
+    return latent, None
+
+
+def _deep_buffer(scene: bpy.types.Scene, camera: bpy.types.Object, size: tuple[int, int]) -> DeepBuffer:
+    from .deep_buffer import render_deep_buffer  # the teammate's rasterizer; imported late, it may grow heavy
+
+    return render_deep_buffer(scene, camera, frame=scene.frame_current, resolution=size,
+                              splat_px=float(scene.rerender.point_size))
+
+
+class RerenderEngine(bpy.types.RenderEngine):
+    """Neural Rerender: EEVEE deep buffer → backend network → Combined + Depth/Albedo/Label/Mask passes."""
+
+    bl_idname = ENGINE_ID
+    bl_label = "Neural Rerender"
+    bl_use_postprocess = True  # compositor and sequencer run on our passes
+    bl_use_gpu_context = False  # True deadlocks the nested EEVEE render (blender-facts.md)
+    bl_use_preview = False  # no material previews: they would need a backend for every thumbnail
+    bl_use_eevee_viewport = True  # the viewport shows the cloud with EEVEE; the network is for final frames
+
+    def update_render_passes(self, scene: bpy.types.Scene | None = None,
+                             renderlayer: bpy.types.ViewLayer | None = None) -> None:
+        self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
+        for name, (channels, chan_id, kind) in EXTRA_PASSES.items():
+            self.register_pass(scene, renderlayer, name, channels, chan_id, kind)
+
+    def render(self, depsgraph: bpy.types.Depsgraph) -> None:
+        scene = depsgraph.scene  # the original scene: the helper scene links its objects
+        try:
+            self._render_frame(depsgraph, scene)
+        except (FrameError, connection.BackendProblem) as exc:
+            self._fail(scene, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any other failure still stops the job with a message
+            self._fail(scene, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _fail(self, scene: bpy.types.Scene, message: str) -> None:
+        message = f"Neural Rerender, frame {scene.frame_current}: {message}"
+        self.report({"ERROR"}, message)
+        self.error_set(message)
+
+    def _render_frame(self, depsgraph: bpy.types.Depsgraph, scene: bpy.types.Scene) -> None:
+        started = time.perf_counter()
+        camera = self.camera_override or scene.camera
+        if camera is None:
+            raise FrameError("the scene has no active camera: add one or import a reconstruction, then set it "
+                             "active (Scene properties > Camera)")
+        camera = camera.original
+        size = (int(self.resolution_x), int(self.resolution_y))
+        settings = backend_settings()
+
+        self._progress(0.0, "connecting to the backend")
+        client, info = connection.engine_client(settings)
+        expected = connection.describe_hello(info)[2]
+        latent, warning = frame_latent(depsgraph.scene_eval, expected)
+        if warning:
+            self.report({"WARNING"}, warning)
+        if self.test_break():
+            return
+
+        self._progress(0.1, f"rasterizing points {size[0]}×{size[1]}")
+        buffer = _deep_buffer(scene, camera, size)
+        if buffer.shape != (size[1], size[0]):
+            raise FrameError(f"the deep buffer is {buffer.shape[1]}×{buffer.shape[0]}, the render {size[0]}×"
+                             f"{size[1]}: check the resolution percentage and the camera's pixel aspect")
+        if self.test_break():
+            return
+
+        self._progress(0.5, "rerendering on the backend")
+        try:
+            image = client.rerender(buffer, latent)
+        except Exception as exc:  # noqa: BLE001 - translated for the artist below
+            connection.engine_link.invalidate()
+            raise connection.BackendProblem(connection.explain(exc, settings)) from exc
+        if self.test_break():
+            return
+
+        self._progress(0.9, "writing passes")
+        pixels = pass_pixels(buffer, image_to_linear(image), transparent=scene.render.film_transparent)
+        self._write_result(pixels, size, depsgraph.view_layer.name)
+        self._progress(1.0, f"done in {time.perf_counter() - started:.2f} s")
+
+    def _write_result(self, pixels: dict[str, np.ndarray], size: tuple[int, int], view_layer: str) -> None:
+        for name, (channels, chan_id, _kind) in EXTRA_PASSES.items():
+            self.add_pass(name, channels, chan_id, layer=view_layer)
+        result = self.begin_result(0, 0, size[0], size[1], layer=view_layer)
+        try:
+            layer = result.layers[0]
+            for name, data in pixels.items():
+                render_pass = layer.passes.find_by_name(name, "")
+                if render_pass is not None:
+                    render_pass.rect.foreach_set(data.ravel())
+        except BaseException:
+            self.end_result(result, cancel=True)
+            raise
+        self.end_result(result)
+
+    def _progress(self, fraction: float, what: str) -> None:
+        self.update_progress(fraction)
+        self.update_stats("Neural Rerender", what)
+
+
+def _compatible_panels() -> list[type]:
+    """Blender's own panels that every engine shows (output, format, color management, camera …).
+
+    Blender marks them with 'BLENDER_RENDER' in ``COMPAT_ENGINES``; adding our id makes them appear for us.
+    """
+    panels = []
+    for name in dir(bpy.types):
+        cls = getattr(bpy.types, name, None)
+        engines = getattr(cls, "COMPAT_ENGINES", None)
+        if isinstance(cls, type) and isinstance(engines, set) and "BLENDER_RENDER" in engines:
+            panels.append(cls)
+    return panels
+
+
+def register() -> None:
+    bpy.utils.register_class(RerenderEngine)
+    for panel in _compatible_panels():
+        panel.COMPAT_ENGINES.add(ENGINE_ID)
+
+
+def unregister() -> None:
+    for panel in _compatible_panels():
+        panel.COMPAT_ENGINES.discard(ENGINE_ID)
+    connection.engine_link.invalidate()
+    bpy.utils.unregister_class(RerenderEngine)
