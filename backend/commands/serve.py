@@ -1,0 +1,89 @@
+"""``rerender serve``: load a model bundle onto a device and answer the bridge protocol (docs/protocol.md).
+
+The startup line names the address, the device, the precision and the model, so an artist reading the terminal
+knows what Blender is talking to; ``-vv`` adds one debug line per request. SIGINT and SIGTERM stop it cleanly:
+the batch on the GPU finishes, queued requests are answered ``shutting_down``, sockets close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from rerender.bridge.protocol import DEFAULT_ADDRESS
+
+log = logging.getLogger("rerender.serve")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--bundle", type=Path, help="model bundle directory (from `rerender train` or `rerender bundle init`)")
+    model.add_argument("--transport-only", action="store_true",
+                       help="serve no model: only hello and echo (for measuring the bridge)")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help=f"ZeroMQ address to bind: tcp://HOST:PORT or ipc:///path (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                        help="compute device; auto = cuda when available")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision on CUDA (auto = bf16 where supported, else fp16); CPU is fp32")
+    parser.add_argument("--max-batch", type=int, default=8, help="largest micro-batch of same-size frames")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0,
+                        help="how long the worker waits for more requests to batch with the first one")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="queued model requests beyond this are answered `overloaded`")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rerender.backend.server import Server
+
+    runtime = None
+    if args.bundle is not None:
+        runtime = _load_runtime(args.bundle, args.device)
+        if runtime is None:
+            return 2
+    try:
+        server = Server(runtime, args.address, max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
+                        max_queue=args.max_queue, precision=args.precision)
+        server.bind()
+    except (OSError, ValueError) as exc:
+        print(f"rerender serve: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    log.info("rerender serve: %s", server.describe())
+    server.serve_forever()
+    log.info("rerender serve: stopped after %d replies", server.requests_served)
+    return 0
+
+
+def _load_runtime(bundle_path: Path, device: str):
+    """Bundle -> ModelRuntime on the chosen device, or None after printing what is wrong and what to do."""
+    if not bundle_path.is_dir():
+        print(f"rerender serve: no model bundle at {bundle_path} (expected a directory with config.json and "
+              f"weights.safetensors; make one with `rerender train` or `rerender bundle init`)", file=sys.stderr)
+        return None
+    import torch
+
+    from rerender.backend.bundle import Bundle, BundleError
+    from rerender.backend.runtime import ModelRuntime
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        print("rerender serve: --device cuda was asked for but torch sees no CUDA GPU; use --device cpu "
+              "(slow) or install a CUDA build of torch", file=sys.stderr)
+        return None
+    try:
+        bundle = Bundle.load(bundle_path)
+    except BundleError as exc:
+        print(f"rerender serve: {exc}", file=sys.stderr)
+        return None
+    return ModelRuntime(bundle, device)
