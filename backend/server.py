@@ -92,8 +92,11 @@ class Server:
         self._worker: threading.Thread | None = None
         self.bound_address: str | None = None
         self.requests_served = 0
+        self.batches_run = 0     # forward passes of the worker (micro-batches), reported by hello
+        self.largest_batch = 0
         self._info = self._model_info()
         self.precision = _resolve_precision(precision, self._info.get("device", "cpu"))
+        _apply_precision(runtime, self.precision)
         self._appearances = self._load_appearances()
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -137,16 +140,21 @@ class Server:
                     if sock is self._router:
                         self._on_request(self._router.recv_multipart(copy=False))
                     else:
-                        self._router.send_multipart(self._replies.recv_multipart(copy=False), copy=False)
+                        self._forward_reply()
             self._jobs.put(None)  # the worker drains the queue with shutting_down replies, then exits
             deadline = time.monotonic() + 30
             while self._worker.is_alive() and time.monotonic() < deadline:
                 if self._replies.poll(50):
-                    self._router.send_multipart(self._replies.recv_multipart(copy=False), copy=False)
+                    self._forward_reply()
             while self._replies.poll(0):
-                self._router.send_multipart(self._replies.recv_multipart(copy=False), copy=False)
+                self._forward_reply()
         finally:
             self._close()
+
+    def _forward_reply(self) -> None:
+        """A reply the worker computed: [identity, header, *arrays] goes out on the ROUTER."""
+        self._router.send_multipart(self._replies.recv_multipart(copy=False), copy=False)
+        self.requests_served += 1
 
     def _close(self) -> None:
         for sock in (self._router, self._replies):
@@ -166,7 +174,7 @@ class Server:
         if self.runtime is None:
             return f"listening on {self.bound_address or self.address}, transport only (no model: echo and hello)"
         return (f"listening on {self.bound_address or self.address}, device {self._info.get('device')} "
-                f"({self.precision}), model {self._info.get('model', self._info.get('name', '?'))!r} "
+                f"({self.precision}), model {self._model_name()!r} "
                 f"(latent {self._info.get('latent_size')}), micro-batches of up to {self.max_batch}")
 
     # ------------------------------------------------------------------------------------------ I/O thread
@@ -230,7 +238,7 @@ class Server:
             "protocol": PROTOCOL_VERSION,
             "server": f"rerender {__version__}",
             "ops": list(OPS),
-            "model": info.get("model", info.get("name")) if self.runtime is not None else None,
+            "model": self._model_name(),
             "latent_size": info.get("latent_size") if self.runtime is not None else None,
             "device": info.get("device", "none"),
             "precision": self.precision,
@@ -238,7 +246,14 @@ class Server:
             "limits": {k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_dim",
                                                              "max_array_bytes", "max_message_bytes")},
             "model_info": info,
+            "stats": {"replies": self.requests_served, "batches": self.batches_run,
+                      "largest_batch": self.largest_batch},
         }
+
+    def _model_name(self) -> str | None:
+        if self.runtime is None:
+            return None
+        return str(self._info.get("model") or self._info.get("bundle") or self._info.get("name") or "unnamed")
 
     def _model_info(self) -> dict[str, Any]:
         if self.runtime is None:
@@ -268,7 +283,7 @@ class Server:
         out.setsockopt(zmq.LINGER, 0)
         out.connect(self._inproc)
         try:
-            with _device_context(self.runtime, self.precision):
+            with _device_context(self.runtime):
                 while True:
                     jobs = self._gather()
                     if jobs is None:
@@ -339,6 +354,8 @@ class Server:
                                               f"{type(exc).__name__}: {exc}")
             return
         compute_ms = (time.monotonic() - started) * 1000
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(prepared))
         for (job, _), result in zip(prepared, results):
             out.send_multipart([job.identity, *encode_reply(op, job.request_id, {}, result)], copy=False)
             log.debug("id=%s op=%s size=%s batch=%d wait=%.1fms compute=%.1fms", job.request_id, op,
@@ -408,20 +425,26 @@ def _resolve_precision(precision: str, device: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def _apply_precision(runtime: Any, precision: str) -> None:
+    """The runtime runs its forward passes under ``torch.autocast`` with ``runtime.autocast_dtype`` (None = fp32);
+    the server's --precision sets it, so the choice is made in one place and reported by hello."""
+    if runtime is None or not hasattr(runtime, "autocast_dtype"):
+        return
+    import torch
+
+    runtime.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 @contextlib.contextmanager
-def _device_context(runtime: Any, precision: str):
-    """inference_mode everywhere; autocast (bf16/fp16) on CUDA — entered once by the worker thread, which owns
-    the device (autocast state is per thread)."""
+def _device_context(runtime: Any):
+    """The worker thread owns the device: everything it runs is under inference_mode (the runtime adds
+    autocast per forward pass)."""
     if runtime is None:
         yield
         return
     import torch
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.inference_mode())
-        if precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
+    with torch.inference_mode():
         yield
 
 
