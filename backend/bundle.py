@@ -170,6 +170,11 @@ class Bundle:
         self.semantic = semantic
         self.gallery: list[Appearance] = list(gallery or [])
 
+    @classmethod
+    def new(cls, config: BundleConfig, gallery: list[Appearance] | None = None) -> "Bundle":
+        """A bundle with freshly initialised networks for ``config`` (training starts from this), not yet saved."""
+        return cls(config, *build_networks(config), gallery)
+
     def modules(self) -> dict[str, nn.Module]:
         mods = {"rerenderer": self.rerenderer, "semantic": self.semantic}
         if self.encoder is not None:
@@ -340,8 +345,6 @@ def init_bundle(out: str | Path, *, base_channels: int = 32, depth: int = 6, max
         classes=classes, encoding=InputEncoding.for_classes(classes, label_mode=label_mode, near=near, far=far),
         training_resolution=training_resolution, notes={"stage": "untrained", "seed": seed},
     )
-    torch.manual_seed(seed)
-    rerenderer, encoder, semantic = build_networks(config)
     gallery = []
     if latent_size:
         rng = np.random.default_rng(seed)
@@ -349,7 +352,9 @@ def init_bundle(out: str | Path, *, base_channels: int = 32, depth: int = 6, max
             label = GALLERY_NAMES[i] if i < len(GALLERY_NAMES) else f"appearance {i + 1}"
             z = rng.standard_normal(latent_size).astype(np.float32)
             gallery.append(Appearance(label, z, _swatch(z)))
-    bundle = Bundle(config, rerenderer, encoder, semantic, gallery)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's random state
+        torch.manual_seed(seed)
+        bundle = Bundle.new(config, gallery)
     for m in bundle.modules().values():
         m.eval()
     bundle.save(out)

@@ -191,7 +191,7 @@ class InputEncoding:
         return lut
 
     def encode_photos(self, photos: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 sRGB photos (N x H x W x 3 array, or a list of H x W x 3 of one size) -> float32 N x 3 x H x W, [-1, 1]."""
+        """uint8 sRGB photos (N x H x W x 3, or a list of H x W x 3 of one size) -> float32 N x 3 x H x W in [-1, 1]."""
         if isinstance(photos, np.ndarray) and photos.ndim == 3:
             raise ValueError(f"encode_photos takes a batch N x H x W x 3 or a list of photos, got one {photos.shape} "
                              f"array; wrap it in a list")

@@ -37,7 +37,11 @@ def resolve_device(device: str) -> str:
 
 
 class ModelRuntime:
-    """Inference on a model bundle: rerender, encode, segment; numpy in, numpy out."""
+    """Inference on a model bundle: rerender, encode, segment; numpy in, numpy out.
+
+    The bundle's modules are moved to ``device`` in place (no copy: a bundle's weights exist once in memory), so
+    one bundle object serves one runtime at a time.
+    """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", *, batch_size: int = DEFAULT_BATCH) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)

@@ -73,7 +73,8 @@ def test_pixel_norm_gives_unit_rms_per_pixel_and_is_scale_invariant():
 
 def test_default_rerenderer_matches_the_authors_architecture():
     config = BundleConfig()
-    assert channel_schedule(config.base_channels, config.depth, config.max_channels) == [32, 64, 128, 256, 512, 512, 512]
+    schedule = channel_schedule(config.base_channels, config.depth, config.max_channels)
+    assert schedule == [32, 64, 128, 256, 512, 512, 512]
     r = Rerenderer(config)
     assert r.in_channels == 8  # authors' 7 + our mask
     assert r.multiple == 64  # bottleneck at 1/64

@@ -52,7 +52,8 @@ class AppearanceEncoder(nn.Module):
         w = config.encoder_channels
         widths = [w * (i + 1) for i in range(config.encoder_blocks + 1)]
         self.stem = EqualizedConv2d(self.in_channels, widths[0], 4, stride=2, padding=1)
-        self.blocks = nn.Sequential(*(ResidualDownBlock(widths[i], widths[i + 1]) for i in range(config.encoder_blocks)))
+        self.blocks = nn.Sequential(*(ResidualDownBlock(widths[i], widths[i + 1])
+                                      for i in range(config.encoder_blocks)))
         self.head_activation = nn.LeakyReLU(LEAKY_SLOPE)
         self.mean = EqualizedLinear(widths[-1], latent, gain=1.0)
         self.logvar = EqualizedLinear(widths[-1], latent, gain=1.0)
@@ -77,6 +78,7 @@ class AppearanceEncoder(nn.Module):
         not a sample but a deterministic shift by one standard deviation that differs from photo to photo with the
         encoder's uncertainty. The mean is the most likely appearance, it is what interpolation between gallery
         entries should move along, and it does not drift when logvar is poorly trained (the encoder is mostly
-        trained by a triplet loss on the mean). Training should feed the rerenderer this same function so training and inference agree.
+        trained by a triplet loss on the mean). Training should feed the rerenderer this same function, so that
+        training and inference agree.
         """
         return self.forward(x)[0]
