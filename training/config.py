@@ -32,6 +32,7 @@ class TrainConfig:
     crop_size: int = 256  # random training crops the rerenderer sees (paper: 256 x 256)
     batch_size: int = 8
     num_workers: int = 2
+    cache_views: bool = False  # keep decoded views in memory (small datasets; ~4 MB per 512^2 view)
     # optimisation (Adam beta1 = 0, beta2 = 0.99, lr 1e-3 for R and D, 1e-4 for the finetuned encoder)
     lr: float = 1e-3
     lr_encoder_pretrain: float = 1e-3
@@ -69,7 +70,7 @@ class TrainConfig:
     num_val_images: int = 4
     # networks (passed to the backend's bundle config)
     latent_size: int = 8
-    network: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)  # BundleConfig sizes (base_channels, depth, ...)
     vgg_width_divisor: int = 1  # 1 = the real VGG19 (ImageNet weights load); tests shrink it
     vgg_weights: str | None = None  # path to torchvision's vgg19-*.pth; None = torch hub cache / download
     seed: int = 0
@@ -80,9 +81,6 @@ class TrainConfig:
         if self.crop_size > self.load_size:
             raise ConfigError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}; "
                               f"use a crop no larger than the loaded image")
-        if self.crop_size % 64 and self.crop_size >= 64:
-            raise ConfigError(f"crop_size {self.crop_size} must be a multiple of 64 (the rerenderer halves "
-                              f"the resolution 6 times)")
         if len(self.vgg_layer_weights) != len(VGG_LAYERS):
             raise ConfigError(f"vgg_layer_weights needs {len(VGG_LAYERS)} values ({', '.join(VGG_LAYERS)})")
         if self.batch_size < 1:
@@ -92,11 +90,11 @@ class TrainConfig:
     def tiny(cls, **overrides: Any) -> "TrainConfig":
         """Small images, small VGG, few steps: the same code paths on a CPU in seconds (tests, smoke runs)."""
         values: dict[str, Any] = dict(
-            load_size=64, crop_size=32, batch_size=2, num_workers=0, vgg_width_divisor=8, style_size=32,
+            load_size=64, crop_size=32, batch_size=2, num_workers=0, cache_views=True, vgg_width_divisor=8, style_size=32,
             steps_stage1=4, steps_stage2=4, steps_stage3=4, steps_semantic=4, steps_baseline=4,
             checkpoint_every=2, validate_every=4, log_every=1, num_val_images=2, triplet_k_near=1,
             triplet_k_far=1, d_scales=2, d_channels=8, mixed_precision=False,
-            network={"base_channels": 8, "max_channels": 32, "levels": 2, "encoder_channels": 16},
+            network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8, "encoder_blocks": 2},
         )
         values.update(overrides)
         return cls(**values)

@@ -163,7 +163,7 @@ def square_view(view: View, size: int) -> View:
 class AlignedDataset(torch.utils.data.Dataset):
     """The views of one split, squared to ``load_size``; items are dicts of numpy arrays (see :func:`collate`)."""
 
-    def __init__(self, root: str | Path, split: str, load_size: int):
+    def __init__(self, root: str | Path, split: str, load_size: int, cache: bool = False):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.root = Path(root)
@@ -171,6 +171,7 @@ class AlignedDataset(torch.utils.data.Dataset):
         self.records = [r for r in records if r.split == split]
         self.split = split
         self.load_size = load_size
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None  # small datasets: decode once
         self.classes = class_table(self.manifest)
         if not self.records:
             counts = {s: sum(r.split == s for r in records) for s in ("train", "val")}
@@ -196,10 +197,15 @@ class AlignedDataset(torch.utils.data.Dataset):
             load_view(rec)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         view = square_view(load_view(self.records[index]), self.load_size)
         b = view.buffer
-        return {"index": index, "name": view.name, "photo": view.photo, "color": b.color, "depth": b.depth,
+        item = {"index": index, "name": view.name, "photo": view.photo, "color": b.color, "depth": b.depth,
                 "label": b.label, "mask": b.mask, "segmentation": view.segmentation}
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
