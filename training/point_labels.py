@@ -1,0 +1,178 @@
+"""Semantic labels onto 3D points: each point gets the majority class of the photo pixels that observe it.
+
+Why: the deep buffer's ``label`` pass is rasterized from per-point labels (DESIGN §4a), so a novel view gets
+semantics wherever it has points, and an artist can edit them like any attribute.
+
+- Sparse points: COLMAP's tracks say exactly which keypoint of which photo observes each point; we vote with the
+  segmentation label at those keypoints.
+- Dense points (``fused.ply``) have no tracks: we project them into every photo and let only the visible ones vote,
+  visibility judged against a z-buffer of the cloud itself taken on a coarse grid (4x4-pixel cells, so the gaps
+  between dense points do not let hidden points through), with a relative depth tolerance.
+
+``UNKNOWN`` (255) pixels do not vote; a point with no votes stays ``UNKNOWN``. Ties go to the lower class id.
+File format (docs/architecture.md): ``WS/rerender/point_labels.npz`` with ``point3D_id`` int64 and ``label`` uint8
+for sparse points and, when there is a dense cloud, ``fused_label`` uint8 in ``fused.ply`` vertex order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerender.bridge.classes import UNKNOWN
+
+LABELS_FILE = Path("rerender") / "point_labels.npz"
+
+
+@dataclass(frozen=True)
+class LabelledView:
+    """A photo's camera (COLMAP conventions, at the photo's full size) and its segmentation (any size)."""
+
+    R: np.ndarray
+    t: np.ndarray
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    segmentation: np.ndarray  # uint8 h x w class ids
+
+
+def _pixel_lookup(seg: np.ndarray, xy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Labels at COLMAP pixel coordinates (centers at +0.5) of a full-size photo, read from a resized segmentation."""
+    h, w = seg.shape
+    col = np.floor(xy[:, 0] * (w / width)).astype(np.int64)
+    row = np.floor(xy[:, 1] * (h / height)).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    out = np.full(len(xy), UNKNOWN, np.uint8)
+    out[inside] = seg[row[inside], col[inside]]
+    return out
+
+
+def majority(votes: np.ndarray) -> np.ndarray:
+    """uint8 majority class per row of an N x C vote table; UNKNOWN for rows without votes."""
+    labels = votes.argmax(1).astype(np.uint8)
+    labels[votes.max(1) == 0] = UNKNOWN
+    return labels
+
+
+def label_sparse_points(reconstruction, segmentation_of: Callable[[str], np.ndarray | None] | Mapping[str, np.ndarray],
+                        num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(point3D ids int64, labels uint8) for every 3D point of a ``pycolmap.Reconstruction``.
+
+    ``segmentation_of(image_name)`` returns the photo's segmentation (or None: that photo does not vote).
+    """
+    lookup = segmentation_of.get if isinstance(segmentation_of, Mapping) else segmentation_of
+    point_ids = np.array(sorted(reconstruction.point3D_ids()), np.int64)
+    index = {int(pid): i for i, pid in enumerate(point_ids)}
+    votes = np.zeros((len(point_ids), num_classes), np.int32)
+    for image_id in reconstruction.reg_image_ids():
+        image = reconstruction.image(image_id)
+        seg = lookup(image.name)
+        if seg is None:
+            continue
+        xy, rows = [], []
+        for p2d in image.points2D:
+            if p2d.has_point3D():
+                xy.append(p2d.xy)
+                rows.append(index[int(p2d.point3D_id)])
+        if not rows:
+            continue
+        cam = image.camera
+        lab = _pixel_lookup(seg, np.asarray(xy, np.float64), cam.width, cam.height)
+        valid = lab < num_classes
+        np.add.at(votes, (np.asarray(rows)[valid], lab[valid].astype(np.int64)), 1)
+    return point_ids, majority(votes)
+
+
+def label_dense_points(xyz: np.ndarray, views: Iterable[LabelledView], num_classes: int, *,
+                       cell_px: int = 4, depth_tolerance: float = 0.02) -> np.ndarray:
+    """uint8 label per dense point (N x 3 world positions) by visibility-tested projection into the views."""
+    xyz = np.asarray(xyz, np.float64)
+    votes = np.zeros((len(xyz), num_classes), np.int32)
+    for v in views:
+        cam = xyz @ np.asarray(v.R, np.float64).T + np.asarray(v.t, np.float64)
+        z = cam[:, 2]
+        front = z > 1e-6
+        u = np.full(len(xyz), -1.0)
+        w = np.full(len(xyz), -1.0)
+        u[front] = v.fx * cam[front, 0] / z[front] + v.cx
+        w[front] = v.fy * cam[front, 1] / z[front] + v.cy
+        inside = front & (u >= 0) & (u < v.width) & (w >= 0) & (w < v.height)
+        if not inside.any():
+            continue
+        idx = np.nonzero(inside)[0]
+        gw = v.width // cell_px + 1
+        cell = (w[idx] // cell_px).astype(np.int64) * gw + (u[idx] // cell_px).astype(np.int64)
+        zbuf = np.full((v.height // cell_px + 1) * gw, np.inf)
+        np.minimum.at(zbuf, cell, z[idx])
+        visible = z[idx] <= zbuf[cell] * (1.0 + depth_tolerance)
+        idx = idx[visible]
+        lab = _pixel_lookup(v.segmentation, np.stack([u[idx], w[idx]], 1), v.width, v.height)
+        valid = lab < num_classes
+        np.add.at(votes, (idx[valid], lab[valid].astype(np.int64)), 1)
+    return majority(votes)
+
+
+def write_point_labels(workspace: str | Path, point3D_ids: np.ndarray, labels: np.ndarray,
+                       fused_labels: np.ndarray | None = None) -> Path:
+    """Write WS/rerender/point_labels.npz atomically."""
+    path = Path(workspace) / LABELS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"point3D_id": np.asarray(point3D_ids, np.int64), "label": np.asarray(labels, np.uint8)}
+    if arrays["point3D_id"].shape != arrays["label"].shape:
+        raise ValueError(f"{len(point3D_ids)} point ids but {len(labels)} labels")
+    if fused_labels is not None:
+        arrays["fused_label"] = np.asarray(fused_labels, np.uint8)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def read_point_labels(workspace: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of WS/rerender/point_labels.npz (raises FileNotFoundError when absent)."""
+    with np.load(Path(workspace) / LABELS_FILE, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_ply_xyz(path: str | Path) -> np.ndarray:
+    """Vertex positions (float64 N x 3) of a PLY file as COLMAP's fusion writes it (binary little-endian or ASCII)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.readline().strip() != b"ply":
+            raise ValueError(f"{path} is not a PLY file")
+        fmt, n, props, in_vertex = None, 0, [], False
+        while True:
+            line = f.readline()
+            if not line:
+                raise ValueError(f"{path}: PLY header has no end_header")
+            parts = line.decode("ascii", "replace").split()
+            if not parts:
+                continue
+            if parts[0] == "format":
+                fmt = parts[1]
+            elif parts[0] == "element":
+                in_vertex = parts[1] == "vertex"
+                if in_vertex:
+                    n = int(parts[2])
+            elif parts[0] == "property" and in_vertex:
+                props.append((parts[-1], parts[1]))
+            elif parts[0] == "end_header":
+                break
+        types = {"float": "f4", "float32": "f4", "double": "f8", "uchar": "u1", "uint8": "u1", "int": "i4",
+                 "int32": "i4", "uint": "u4", "short": "i2", "ushort": "u2", "char": "i1"}
+        if fmt == "ascii":
+            data = np.loadtxt(f, max_rows=n, ndmin=2)
+            names = [p[0] for p in props]
+            return data[:, [names.index(c) for c in ("x", "y", "z")]].astype(np.float64)
+        if fmt != "binary_little_endian":
+            raise ValueError(f"{path}: PLY format {fmt} is not supported (expected binary_little_endian or ascii)")
+        dtype = np.dtype([(name, "<" + types[t]) for name, t in props])
+        data = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype, count=n)
+    return np.stack([data["x"], data["y"], data["z"]], 1).astype(np.float64)
