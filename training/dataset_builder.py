@@ -1,0 +1,396 @@
+"""COLMAP workspace → aligned training dataset (docs/architecture.md "Aligned dataset D/", docs/dataset.md).
+
+For every registered photo: the photo resized to the buffer size, its segmentation and its deep buffer rendered by
+THE rasterizer (``rerender.addon.deep_buffer.render_deep_buffer``, the same code the render engine uses at shot
+time). Views are dropped, with the reason recorded, when the photo cannot be read, is too small, or its buffer is
+too sparse (the paper: at most 15 % non-empty pixels).
+
+Phases (each resumable — a rerun skips what is on disk):
+  1. segment every registered photo at its buffer size     → D/work/segmentation/<stem>.png
+  2. vote point labels from those segmentations            → WS/rerender/point_labels.npz
+  3. load the cloud (with labels) and cameras into Blender, render each view's deep buffer
+                                                            → D/views/<stem>/{photo.png, segmentation.png, buffer.npz}
+                                                              and D/work/views/<stem>.json (kept/dropped, stats)
+  4. split train/validation (fixed seed) and write          → D/manifest.json
+Labels must exist before rendering because the buffer's ``label`` pass is rasterized from per-point labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from rerender.bridge.buffers import DeepBuffer
+
+from .point_labels import LabelledView, label_dense_points, label_sparse_points, read_ply_xyz, write_point_labels
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "rerender-dataset", 1
+PAPER_VAL_COUNT = 100
+DEPTH_SAMPLES_PER_VIEW = 4000
+
+
+class DatasetError(RuntimeError):
+    """The dataset cannot be built; the message says what was wrong and what to do."""
+
+
+@dataclass
+class DatasetOptions:
+    max_size: int = 1024        # long side of buffers and photos (photos are never upsampled)
+    min_size: int = 450         # drop photos whose shorter side is below this (after undistortion)
+    min_coverage: float = 0.15  # drop views with at most this fraction of non-empty buffer pixels (the paper)
+    val_count: int | None = None  # default: 100 as in the paper, 10 % (at least 1) for small sets
+    seed: int = 0
+    splat_px: float | None = None  # None: the rasterizer's density-based estimate
+    segmenter_weights: str | None = None
+    segmenter_checkpoint: str = "espnet_p2_q8"
+
+
+@dataclass
+class DatasetReport:
+    kept: list[str] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    train: int = 0
+    val: int = 0
+    depth_stats: dict = field(default_factory=dict)
+    manifest: Path | None = None
+
+    def to_text(self) -> str:
+        lines = [f"{len(self.kept)} views kept ({self.train} train, {self.val} validation), "
+                 f"{len(self.dropped)} dropped"]
+        lines += [f"  dropped {d['name']}: {d['reason']}" for d in self.dropped]
+        if self.depth_stats:
+            lines.append("depth p01/p50/p99: " + "/".join(f"{self.depth_stats[k]:.3g}" for k in ("p01", "p50", "p99")))
+        return "\n".join(lines)
+
+
+def view_stem(image_name: str) -> str:
+    """A folder name for an image name that may contain subfolders ("a/b.jpg" → "a__b")."""
+    return Path(image_name).with_suffix("").as_posix().replace("/", "__")
+
+
+def buffer_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(w, h) of the buffer: the photo's size, long side capped at ``max_size``, aspect kept."""
+    s = min(1.0, max_size / max(width, height))
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def default_val_count(n_views: int) -> int:
+    """The paper keeps 100 validation photos; small sets keep 10 % (at least one when there are two or more)."""
+    if n_views < 2:
+        return 0
+    return min(PAPER_VAL_COUNT, max(1, n_views // 10))
+
+
+def split_views(names: list[str], val_count: int, seed: int) -> dict[str, str]:
+    """name → "train" | "val"; depends only on the sorted names and the seed, so reruns agree."""
+    names = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = {names[i] for i in order[:val_count]}
+    return {n: ("val" if n in val else "train") for n in names}
+
+
+def depth_stats(samples: list[np.ndarray]) -> dict[str, float]:
+    finite = np.concatenate([s for s in samples if len(s)]) if any(len(s) for s in samples) else np.zeros(0)
+    if not len(finite):
+        return {}
+    p01, p50, p99 = np.percentile(finite, [1, 50, 99])
+    return {"p01": float(p01), "p50": float(p50), "p99": float(p99)}
+
+
+# --- workspace -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkspaceView:
+    name: str
+    R: np.ndarray
+    t: np.ndarray
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+def load_workspace(workspace: Path):
+    """(pycolmap.Reconstruction, [WorkspaceView] sorted by name) of WS/sparse/0, with clear errors."""
+    import pycolmap
+
+    ws = Path(workspace)
+    if not ws.is_dir():
+        raise DatasetError(f"workspace {ws} does not exist; create it with `rerender reconstruct PHOTOS --out {ws}`")
+    model = ws / "sparse" / "0"
+    if not model.is_dir() and (ws / "sparse" / "cameras.bin").exists():
+        model = ws / "sparse"
+    if not any((model / f).exists() for f in ("cameras.bin", "cameras.txt")):
+        raise DatasetError(f"{ws} has no COLMAP model in sparse/0 (cameras/images/points3D .bin or .txt); run "
+                           f"`rerender reconstruct PHOTOS --out {ws}` first, or point at an undistorted COLMAP "
+                           f"workspace")
+    if not (ws / "images").is_dir():
+        raise DatasetError(f"{ws} has no images/ folder (the undistorted photos); run `rerender reconstruct` or "
+                           f"COLMAP's image_undistorter")
+    try:
+        rec = pycolmap.Reconstruction(str(model))
+    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for broken files
+        raise DatasetError(f"cannot read the COLMAP model in {model}: {exc}") from exc
+    views = []
+    for image_id in rec.reg_image_ids():
+        image = rec.image(image_id)
+        cam = image.camera
+        if cam.model_name == "PINHOLE":
+            fx, fy, cx, cy = cam.params
+        elif cam.model_name == "SIMPLE_PINHOLE":
+            f, cx, cy = cam.params
+            fx = fy = f
+        else:
+            raise DatasetError(f"camera of {image.name} is {cam.model_name}; the dataset needs undistorted PINHOLE "
+                               f"cameras (`rerender reconstruct` does that; or run COLMAP's image_undistorter)")
+        pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
+        m = pose.matrix()
+        views.append(WorkspaceView(image.name, np.asarray(m[:, :3]), np.asarray(m[:, 3]), float(fx), float(fy),
+                                   float(cx), float(cy), int(cam.width), int(cam.height)))
+    if not views:
+        raise DatasetError(f"the model in {model} has no registered photos; rerun `rerender reconstruct` with more "
+                           f"overlapping photos")
+    return rec, sorted(views, key=lambda v: v.name)
+
+
+# --- building --------------------------------------------------------------------------------------------------
+
+def _read_photo(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _resize(photo: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (photo.shape[1], photo.shape[0]) == size:
+        return photo
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part.png")
+    Image.fromarray(array).save(tmp)
+    tmp.replace(path)
+
+
+def _write_json(data, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOptions | None = None, *,
+                  segmenter=None, progress: bool = True) -> DatasetReport:
+    """Build (or resume building) the aligned dataset of ``workspace`` in ``out``; see the module docstring."""
+    from tqdm import tqdm
+
+    opt = options or DatasetOptions()
+    ws, out = Path(workspace), Path(out)
+    rec, views = load_workspace(ws)
+    work = out / "work"
+    (work / "segmentation").mkdir(parents=True, exist_ok=True)
+    (work / "views").mkdir(parents=True, exist_ok=True)
+    (out / "views").mkdir(parents=True, exist_ok=True)
+
+    # phase 1: unreadable / too small photos, segmentation -------------------------------------------------------
+    early_drop: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    todo = [v for v in views if not (work / "views" / f"{view_stem(v.name)}.json").exists()]
+    for v in tqdm(views, desc="segment", unit="photo", disable=not progress):
+        stem = view_stem(v.name)
+        sizes[v.name] = buffer_size(v.width, v.height, opt.max_size)
+        if min(v.width, v.height) < opt.min_size:
+            early_drop[v.name] = (f"too small: {v.width}x{v.height} px, the shorter side is below {opt.min_size} px "
+                                  f"(--min-size)")
+            continue
+        seg_path = work / "segmentation" / f"{stem}.png"
+        if seg_path.exists():
+            continue
+        try:
+            photo = _read_photo(ws / "images" / v.name)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            early_drop[v.name] = f"unreadable photo {ws / 'images' / v.name}: {exc}"
+            log.warning("%s", early_drop[v.name])
+            continue
+        if segmenter is None:
+            from .segmentation import load_segmenter
+
+            segmenter = load_segmenter(opt.segmenter_weights, checkpoint=opt.segmenter_checkpoint)
+        _save_png(segmenter.segment(_resize(photo, sizes[v.name])), seg_path)
+
+    def segmentation_of(name: str) -> np.ndarray | None:
+        p = work / "segmentation" / f"{view_stem(name)}.png"
+        return np.asarray(Image.open(p)) if p.exists() else None
+
+    classes = segmenter.classes if segmenter is not None else None
+    if classes is None:
+        from rerender.bridge.classes import DEFAULT_CLASSES
+
+        classes = DEFAULT_CLASSES
+
+    # phase 2: point labels ------------------------------------------------------------------------------------
+    if todo or not (ws / "rerender" / "point_labels.npz").exists():
+        point_ids, labels = label_sparse_points(rec, segmentation_of, len(classes))
+        fused_labels = None
+        fused = ws / "dense" / "fused.ply"
+        if fused.exists():
+            labelled = []
+            for v in views:
+                seg = segmentation_of(v.name)
+                if seg is not None:
+                    labelled.append(LabelledView(v.R, v.t, v.fx, v.fy, v.cx, v.cy, v.width, v.height, seg))
+            fused_labels = label_dense_points(read_ply_xyz(fused), labelled, len(classes))
+        write_point_labels(ws, point_ids, labels, fused_labels)
+
+    # phase 3: deep buffers ------------------------------------------------------------------------------------
+    if todo:
+        scene, cameras = _load_into_blender(ws, rec, views)
+        for v in tqdm(todo, desc="deep buffers", unit="view", disable=not progress):
+            _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], early_drop.get(v.name), segmentation_of)
+
+    # phase 4: split + manifest --------------------------------------------------------------------------------
+    return write_manifest(ws, out, views, opt, classes)
+
+
+def _build_view(v: WorkspaceView, ws: Path, out: Path, opt: DatasetOptions, scene, cameras: dict,
+                size: tuple[int, int], drop_reason: str | None, segmentation_of) -> None:
+    from rerender.addon.deep_buffer import render_deep_buffer
+
+    stem = view_stem(v.name)
+    meta = {"name": v.name, "width": size[0], "height": size[1]}
+    seg = segmentation_of(v.name) if drop_reason is None else None
+    if drop_reason is None and seg is None:
+        drop_reason = "no segmentation (the photo could not be read)"
+    if drop_reason is None:
+        camera = cameras.get(v.name)
+        if camera is None:
+            drop_reason = "no Blender camera was imported for this photo"
+        else:
+            buf = render_deep_buffer(scene, camera, resolution=size, splat_px=opt.splat_px)
+            coverage = buf.coverage()
+            meta["coverage"] = coverage
+            if coverage <= opt.min_coverage:
+                drop_reason = (f"too sparse: {coverage:.1%} of the buffer's pixels have points "
+                               f"(needs more than {opt.min_coverage:.0%}, --min-coverage)")
+            else:
+                try:
+                    photo = _resize(_read_photo(ws / "images" / v.name), size)
+                except (OSError, UnidentifiedImageError, ValueError) as exc:
+                    drop_reason = f"unreadable photo: {exc}"
+                else:
+                    vdir = out / "views" / stem
+                    vdir.mkdir(parents=True, exist_ok=True)
+                    _save_png(photo, vdir / "photo.png")
+                    _save_png(seg, vdir / "segmentation.png")
+                    buf.save_npz(vdir / "buffer.npz")
+                    finite = buf.depth[np.isfinite(buf.depth)]
+                    if len(finite) > DEPTH_SAMPLES_PER_VIEW:
+                        finite = np.random.default_rng(0).choice(finite, DEPTH_SAMPLES_PER_VIEW, replace=False)
+                    meta["depth_samples"] = [float(x) for x in finite]
+    meta["status"] = "dropped" if drop_reason else "kept"
+    if drop_reason:
+        meta["reason"] = drop_reason
+    _write_json(meta, out / "work" / "views" / f"{stem}.json")
+
+
+def _load_into_blender(ws: Path, rec, views: list[WorkspaceView]):
+    """(scene, {image name: camera object}) via the add-on's COLMAP import (labels included)."""
+    import bpy
+
+    scene = bpy.data.scenes.new("rerender dataset")
+    try:
+        from rerender.addon.colmap_import import import_reconstruction
+    except ImportError:  # the add-on's importer is not there yet: build the same scene from its parts
+        return scene, _build_scene_from_parts(ws, rec, views, scene)
+    imported = import_reconstruction(ws, scene, load_images=False)
+    return scene, dict(imported.cameras)
+
+
+def _build_scene_from_parts(ws: Path, rec, views: list[WorkspaceView], scene) -> dict:
+    import bpy
+
+    from rerender.addon.cameras import set_camera_from_colmap
+    from rerender.addon.points import create_point_cloud
+    from rerender.bridge.colors import srgb8_to_linear
+
+    from .point_labels import read_point_labels
+
+    ids = np.array(sorted(rec.point3D_ids()), np.int64)
+    xyz = np.array([rec.point3D(int(i)).xyz for i in ids], np.float32).reshape(-1, 3)
+    rgb = np.array([rec.point3D(int(i)).color for i in ids], np.uint8).reshape(-1, 3)
+    lab = read_point_labels(ws)
+    by_id = dict(zip(lab["point3D_id"].tolist(), lab["label"].tolist()))
+    labels = np.array([by_id.get(int(i), 255) for i in ids], np.int32)
+    coll = bpy.data.collections.new("rerender reconstruction")
+    scene.collection.children.link(coll)
+    create_point_cloud("points", xyz, srgb8_to_linear(rgb), labels, coll)
+    cameras = {}
+    for v in views:
+        cam = bpy.data.objects.new(view_stem(v.name), bpy.data.cameras.new(view_stem(v.name)))
+        coll.objects.link(cam)
+        set_camera_from_colmap(cam, v.R, v.t, v.fx, v.fy, v.cx, v.cy, v.width, v.height)
+        cameras[v.name] = cam
+    return cameras
+
+
+def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: DatasetOptions, classes) -> DatasetReport:
+    """Split the kept views and write D/manifest.json from the per-view records in D/work/views/."""
+    report = DatasetReport()
+    records, samples = {}, []
+    for v in views:
+        p = out / "work" / "views" / f"{view_stem(v.name)}.json"
+        if not p.exists():
+            raise DatasetError(f"view {v.name} has no record in {p.parent}; rerun `rerender dataset` to finish")
+        rec = json.loads(p.read_text())
+        records[v.name] = rec
+        if rec["status"] == "kept":
+            report.kept.append(v.name)
+            samples.append(np.asarray(rec.get("depth_samples", []), np.float64))
+        else:
+            report.dropped.append({"name": v.name, "reason": rec["reason"]})
+    val_count = opt.val_count if opt.val_count is not None else default_val_count(len(report.kept))
+    if val_count > len(report.kept):
+        raise DatasetError(f"--val-count {val_count} exceeds the {len(report.kept)} kept views")
+    split = split_views(report.kept, val_count, opt.seed)
+    entries = []
+    for v in views:
+        if v.name not in split:
+            continue
+        rec = records[v.name]
+        sx, sy = rec["width"] / v.width, rec["height"] / v.height
+        entries.append({
+            "name": v.name, "stem": view_stem(v.name), "split": split[v.name],
+            "width": rec["width"], "height": rec["height"], "coverage": rec["coverage"],
+            "camera": {"model": "PINHOLE", "params": [v.fx * sx, v.fy * sy, v.cx * sx, v.cy * sy],
+                       "R": np.asarray(v.R).tolist(), "t": np.asarray(v.t).tolist(),
+                       "photo_size": [v.width, v.height]},
+        })
+    report.train = sum(e["split"] == "train" for e in entries)
+    report.val = len(entries) - report.train
+    report.depth_stats = depth_stats(samples)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "classes": classes.to_json(), "workspace": str(ws.resolve()),
+        "views": entries, "dropped": report.dropped, "depth_stats": report.depth_stats,
+        "options": {"max_size": opt.max_size, "min_size": opt.min_size, "min_coverage": opt.min_coverage,
+                    "seed": opt.seed, "splat_px": opt.splat_px, "segmenter": opt.segmenter_checkpoint},
+    }
+    report.manifest = out / "manifest.json"
+    _write_json(manifest, report.manifest)
+    if not entries:
+        log.warning("no view was kept; see the dropped list in %s", report.manifest)
+    return report
+
+
+def angle_between(R1: np.ndarray, R2: np.ndarray) -> float:
+    """Rotation angle (degrees) between two rotation matrices (used by tests and evaluation)."""
+    c = (np.trace(np.asarray(R1).T @ np.asarray(R2)) - 1) / 2
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
