@@ -88,8 +88,15 @@ class ModelRuntime:
 
     # ---- operations ---------------------------------------------------------------------------------------------
 
-    def rerender(self, buffers: Sequence[DeepBuffer], latents: np.ndarray | None) -> np.ndarray:
-        """Deep buffers (one size) + appearance latents N x L -> uint8 sRGB frames N x H x W x 3."""
+    def rerender(self, buffers: Sequence[DeepBuffer], latents: np.ndarray | None, *,
+                 output: str = "uint8") -> np.ndarray:
+        """Deep buffers (one size) + appearance latents N x L -> sRGB frames N x H x W x 3.
+
+        ``output="uint8"`` (default) gives 0..255; ``"float16"`` gives sRGB in [0, 1] without 8-bit quantisation,
+        for renders that go on to a float compositor.
+        """
+        if output not in ("uint8", "float16"):
+            raise ValueError(f"output must be 'uint8' or 'float16', got {output!r}")
         buffers = _buffer_list(buffers)
         n = len(buffers)
         z = self._check_latents(latents, n)
@@ -100,7 +107,11 @@ class ModelRuntime:
             zz = None if z is None else torch.from_numpy(z[s]).to(self.device)
             with self._inference():
                 y = self.bundle.rerenderer(x.to(self.device), zz)
-            out.append(self.encoding.decode_rgb(y[:, :, :h, :w].float()))
+            y = y[:, :, :h, :w].float()
+            if output == "uint8":
+                out.append(self.encoding.decode_rgb(y))
+            else:
+                out.append(((y + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float16))
         return np.concatenate(out)
 
     def encode(self, photos: Sequence[np.ndarray], buffers: Sequence[DeepBuffer]) -> np.ndarray:

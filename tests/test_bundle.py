@@ -57,7 +57,10 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path):
 
 
 def test_different_seeds_give_different_weights_same_seed_the_same(tmp_path: Path):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
     a = init_bundle(tmp_path / "a", **SMALL, seed=1).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is left alone
     b = init_bundle(tmp_path / "b", **SMALL, seed=1).state_dict()
     c = init_bundle(tmp_path / "c", **SMALL, seed=2).state_dict()
     key = "rerenderer.from_input.0.weight"

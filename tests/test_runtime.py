@@ -50,6 +50,12 @@ def test_odd_frame_sizes_are_padded_and_cropped_back(runtime: ModelRuntime, bund
     with torch.no_grad():
         y = bundle.rerenderer(x, torch.from_numpy(z))[:, :, :13, :21]
     np.testing.assert_array_equal(out, bundle.config.encoding.decode_rgb(y))
+    as_float = runtime.rerender([buf], z, output="float16")
+    assert as_float.dtype == np.float16 and as_float.shape == (1, 13, 21, 3)
+    assert 0 <= as_float.min() and as_float.max() <= 1
+    assert np.abs(as_float.astype(np.float32) * 255 - out).max() <= 0.6
+    with pytest.raises(ValueError, match="output must be"):
+        runtime.rerender([buf], z, output="float32")
 
 
 def test_latent_changes_the_frame_and_batches_match_single_frames(runtime: ModelRuntime):
