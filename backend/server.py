@@ -243,7 +243,7 @@ class Server:
             "device": info.get("device", "none"),
             "precision": self.precision,
             "max_batch": self.max_batch,
-            "limits": {k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_dim",
+            "limits": {k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_image_side",
                                                              "max_array_bytes", "max_message_bytes")},
             "model_info": info,
             "stats": {"replies": self.requests_served, "batches": self.batches_run,

@@ -55,7 +55,8 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_arrays: int = 16
     max_ndim: int = 4
-    max_dim: int = 16384
+    max_dim: int = 2**31          # any one dimension (the byte limits are what bound memory)
+    max_image_side: int = 16384   # height / width of deep buffers, photos and images
     max_array_bytes: int = 256 * 1024 * 1024
     max_message_bytes: int = 768 * 1024 * 1024
     max_name_chars: int = 64
@@ -321,6 +322,9 @@ def buffer_from_wire(arrays: dict[str, np.ndarray]) -> DeepBuffer:
     h, w = color.shape[:2]
     if h == 0 or w == 0:
         raise ProtocolError(CODE_BAD_PARAMS, f"the deep buffer is empty ({h} x {w})")
+    if max(h, w) > DEFAULT_LIMITS.max_image_side:
+        raise ProtocolError(CODE_TOO_LARGE, f"the deep buffer is {h} x {w}; sides above "
+                                            f"{DEFAULT_LIMITS.max_image_side} are not served")
     for name, a, dtypes in (("depth", depth, ("float16", "float32")), ("label", label, ("uint8",)),
                             ("mask", mask, ("uint8", "bool"))):
         if a.dtype.name not in dtypes or a.shape != (h, w):

@@ -182,3 +182,12 @@ def test_bridge_imports_neither_torch_nor_bpy():
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     assert protocol.__name__ == "rerender.bridge.protocol"
+
+
+def test_deep_buffers_beyond_the_served_size_are_refused_before_conversion():
+    h, w = 1, 20000
+    wire = {"color": np.zeros((h, w, 3), np.uint8), "depth": np.zeros((h, w), np.float16),
+            "label": np.zeros((h, w), np.uint8), "mask": np.zeros((h, w), np.uint8)}
+    with pytest.raises(ProtocolError) as info:
+        buffer_from_wire(wire)
+    assert info.value.code == "too_large" and "16384" in info.value.message
