@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,3 +154,16 @@ def test_clean_shutdown_on_sigterm(tmp_path):
     assert backend.stop() == 0
     log = backend.log()
     assert "listening on ipc://" in log and "transport only" in log and "stopped" in log
+
+
+def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    code = "import sys; from rerender import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, "serve", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_serve_refuses_an_address_in_use_and_a_missing_bundle_with_clear_messages(echo_backends, tmp_path):
+    busy = _serve("--transport-only", "--address", echo_backends["tcp"].address)
+    assert busy.returncode == 2 and "another backend" in busy.stderr and echo_backends["tcp"].address in busy.stderr
+    missing = _serve("--bundle", str(tmp_path / "nope"), "--address", free_tcp_address())
+    assert missing.returncode == 2 and "no model bundle" in missing.stderr and "bundle init" in missing.stderr
