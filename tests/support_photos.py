@@ -118,7 +118,7 @@ def generate(out: Path, n_views: int = N_VIEWS) -> None:
     cam_data = bpy.data.cameras.new("cam")
     cam_data.sensor_fit = "HORIZONTAL"
     cam_data.sensor_width = 36.0
-    cam_data.lens = 30.0
+    cam_data.lens = 35.0
     cam = bpy.data.objects.new("cam", cam_data)
     scene.collection.objects.link(cam)
     scene.camera = cam
@@ -128,8 +128,8 @@ def generate(out: Path, n_views: int = N_VIEWS) -> None:
     for i in range(n_views):
         # a 300-degree arc: wide baselines, but neighbours still overlap a lot
         ang = math.radians(-150 + 300 * i / (n_views - 1))
-        radius = 7.0 + rng.uniform(-0.5, 0.5)
-        center = (radius * math.cos(ang), radius * math.sin(ang), 1.2 + 1.5 * math.sin(3 * ang))
+        radius = 4.9 + rng.uniform(-0.3, 0.3)
+        center = (radius * math.cos(ang), radius * math.sin(ang), 1.0 + 1.2 * math.sin(3 * ang))
         R, t = _look_at_colmap(center, (0, 0, 0.2))
         m = np.eye(4)
         m[:3, :3] = R.T
@@ -151,7 +151,15 @@ def generate(out: Path, n_views: int = N_VIEWS) -> None:
 
 
 def synthetic_photo_set(tmp_path_factory) -> Path:
-    """The generated set, rendered once per test session (cached in the session's base temp folder)."""
+    """The generated set, rendered once per test session (cached in the session's base temp folder).
+
+    ``RERENDER_TEST_PHOTOS=DIR`` reuses a set generated earlier with ``python tests/support_photos.py DIR``
+    (rendering takes minutes on a loaded 2-core machine)."""
+    import os
+
+    reuse = os.environ.get("RERENDER_TEST_PHOTOS")
+    if reuse and (Path(reuse) / "done").exists():
+        return Path(reuse)
     out = tmp_path_factory.getbasetemp() / "synthetic_photos"
     if not (out / "done").exists():
         proc = subprocess.run([sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=600)
@@ -181,3 +189,29 @@ def umeyama(src, dst):
 
 if __name__ == "__main__":
     generate(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else N_VIEWS)
+
+
+def reconstructed_workspace(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(photo folder used, COLMAP workspace, summary dict from WS/rerender/reconstruction.json) of the generated set
+    plus two photos that cannot register (noise) and one corrupt file; reconstructed once per test session."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from rerender.training.reconstruct import reconstruct
+
+    base = tmp_path_factory.getbasetemp()
+    photos, ws, done = base / "sfm_photos", base / "sfm_ws", base / "sfm_ws.done"
+    if not done.exists():
+        src = synthetic_photo_set(tmp_path_factory) / "photos"
+        if photos.exists():
+            shutil.rmtree(photos)
+        shutil.copytree(src, photos)
+        rng = np.random.default_rng(3)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(photos / f"noise_{i}.png")
+        (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        reconstruct(photos, ws, progress=False)
+        done.write_text("ok")
+    return photos, ws, json.loads((ws / "rerender" / "reconstruction.json").read_text())

@@ -252,13 +252,30 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
         write_point_labels(ws, point_ids, labels, fused_labels)
 
     # phase 3: deep buffers ------------------------------------------------------------------------------------
+    scale_file = work / "scene_scale.json"
     if todo:
         scene, cameras = _load_into_blender(ws, rec, views)
-        for v in tqdm(todo, desc="deep buffers", unit="view", disable=not progress):
-            _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], early_drop.get(v.name), segmentation_of)
+        _write_json({"scene_scale": scene.get("rerender_import_scale")}, scale_file)
+        try:
+            for v in tqdm(todo, desc="deep buffers", unit="view", disable=not progress):
+                _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], early_drop.get(v.name), segmentation_of)
+        finally:
+            _remove_scene(scene)
+    scene_scale = json.loads(scale_file.read_text()).get("scene_scale") if scale_file.exists() else None
 
     # phase 4: split + manifest --------------------------------------------------------------------------------
-    return write_manifest(ws, out, views, opt, classes)
+    return write_manifest(ws, out, views, opt, classes, scene_scale)
+
+
+def _remove_scene(scene) -> None:
+    """Delete the temporary scene and what the import created, so a long-lived Blender session stays clean."""
+    import bpy
+
+    for coll in list(scene.collection.children_recursive):
+        for obj in list(coll.objects):
+            bpy.data.objects.remove(obj)
+        bpy.data.collections.remove(coll)
+    bpy.data.scenes.remove(scene)
 
 
 def _build_view(v: WorkspaceView, ws: Path, out: Path, opt: DatasetOptions, scene, cameras: dict,
@@ -312,6 +329,9 @@ def _load_into_blender(ws: Path, rec, views: list[WorkspaceView]):
     except ImportError:  # the add-on's importer is not there yet: build the same scene from its parts
         return scene, _build_scene_from_parts(ws, rec, views, scene)
     imported = import_reconstruction(ws, scene, load_images=False)
+    root = getattr(imported, "root", None)
+    if root is not None:  # depths are in Blender units of the imported scene: record the import's scale
+        scene["rerender_import_scale"] = float(root.scale[0])
     return scene, dict(imported.cameras)
 
 
@@ -342,7 +362,8 @@ def _build_scene_from_parts(ws: Path, rec, views: list[WorkspaceView], scene) ->
     return cameras
 
 
-def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: DatasetOptions, classes) -> DatasetReport:
+def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: DatasetOptions, classes,
+                   scene_scale: float | None = None) -> DatasetReport:
     """Split the kept views and write D/manifest.json from the per-view records in D/work/views/."""
     report = DatasetReport()
     records, samples = {}, []
@@ -380,6 +401,8 @@ def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: Dataset
     manifest = {
         "format": FORMAT, "version": VERSION, "classes": classes.to_json(), "workspace": str(ws.resolve()),
         "views": entries, "dropped": report.dropped, "depth_stats": report.depth_stats,
+        "depth_units": "Blender units of the imported scene (COLMAP units x scene_scale)",
+        "scene_scale": scene_scale,
         "options": {"max_size": opt.max_size, "min_size": opt.min_size, "min_coverage": opt.min_coverage,
                     "seed": opt.seed, "splat_px": opt.splat_px, "segmenter": opt.segmenter_checkpoint},
     }
