@@ -85,16 +85,21 @@ class BackendProblem(RuntimeError):
 # --- hello and its interpretation --------------------------------------------------------------------------------
 
 def describe_hello(info: dict) -> tuple[str, str, int]:
-    """(device, model, latent size) from a hello reply, tolerant of fields a backend leaves out."""
-    model = info.get("model") or {}
-    if not isinstance(model, dict):
-        model = {"name": str(model)}
-    device = str(info.get("device", "") or "")
-    name = str(model.get("name") or model.get("bundle") or info.get("bundle") or "")
-    if name:
-        name = os.path.basename(os.path.normpath(name)) or name
-    size = model.get("latent_size", info.get("latent_size", 0)) or 0
+    """(device, model name, latent size) from a hello reply, tolerant of fields a backend leaves out."""
+    model_info = info.get("model_info") if isinstance(info.get("model_info"), dict) else {}
+    model = info.get("model")
+    if isinstance(model, dict):
+        model = model.get("name") or model.get("bundle")
+    name = str(model or model_info.get("bundle") or model_info.get("name") or "")
+    device = str(info.get("device") or model_info.get("device") or "")
+    size = info.get("latent_size", model_info.get("latent_size")) or 0
     return device, name, int(size)
+
+
+def has_model(info: dict) -> bool:
+    """Whether a hello describes a backend that can rerender (not a ``--transport-only`` one)."""
+    model_info = info.get("model_info") if isinstance(info.get("model_info"), dict) else {}
+    return bool(info.get("model") or model_info.get("bundle")) and "rerender" in info.get("ops", ["rerender"])
 
 
 def explain(exc: BaseException, settings: BackendSettings) -> str:
@@ -123,7 +128,7 @@ def explain(exc: BaseException, settings: BackendSettings) -> str:
         return (f"Something at {address} answered, but not as a Rerender backend ({exc}). Check the address.")
     if isinstance(exc, BackendProblem):
         return str(exc)
-    if _is_zmq_address_error(exc):
+    if _is_zmq_address_error(exc) or (isinstance(exc, ValueError) and "address" in str(exc)):
         return (f"'{address}' is not a valid backend address ({exc}). Use tcp://HOST:PORT or ipc:///path "
                 "(Preferences > Add-ons > Rerender).")
     return f"Talking to the backend at {address} failed: {type(exc).__name__}: {exc}"
@@ -149,6 +154,9 @@ def check(settings: BackendSettings, timeout: float = STATUS_TIMEOUT) -> Backend
     except Exception as exc:  # noqa: BLE001 - every failure is a status to show, not a crash
         return BackendStatus("error", settings.address, explain(exc, settings), checked_at=time.time())
     device, model, size = describe_hello(info)
+    if not has_model(info):
+        return BackendStatus("error", settings.address, explain(bridge.errors.ModelUnavailable("no_model", ""),
+                                                                settings), device, "", 0, dict(info), time.time())
     return BackendStatus("connected", settings.address, f"connected in {time.monotonic() - started:.2f} s",
                          device, model, size, dict(info), time.time())
 
@@ -237,6 +245,8 @@ class _EngineLink:
             probe.close()
         monitor.publish(BackendStatus("connected", settings.address, "connected", *describe_hello(info),
                                       dict(info), time.time()))
+        if not has_model(info):
+            raise bridge.errors.ModelUnavailable("no_model", "hello reports no model loaded", op="hello")
         return dict(info)
 
     def invalidate(self) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import connection, properties
 from ._bridge import DeepBuffer, srgb8_to_linear, srgb_to_linear
+from .deep_buffer import DeepBufferError, render_deep_buffer
 from .preferences import backend_settings
 
 ENGINE_ID = "RERENDER"
@@ -78,10 +79,12 @@ def image_to_linear(image: np.ndarray) -> np.ndarray:
 def frame_latent(scene_eval: bpy.types.Scene, expected: int) -> tuple[np.ndarray, str | None]:
     """(latent, warning) for the frame, read from the evaluated scene so F-curves apply."""
     latent = properties.read_latent(scene_eval)
+    if expected == 0:  # a bundle trained without appearance (the paper's baselines)
+        return np.zeros(0, np.float32), None
     if latent.size == 0:
         return np.zeros(expected, np.float32), ("the scene has no appearance yet: rendered with an all-zero "
                                                 "latent; pick a look in the Rerender panel")
-    if expected and latent.size != expected:
+    if latent.size != expected:
         raise FrameError(f"the scene's appearance has {latent.size} values but the backend's model expects "
                          f"{expected}: click 'Match Model' in the Rerender panel (Render properties), then key "
                          "the look again")
@@ -91,10 +94,14 @@ def frame_latent(scene_eval: bpy.types.Scene, expected: int) -> tuple[np.ndarray
 
 
 def _deep_buffer(scene: bpy.types.Scene, camera: bpy.types.Object, size: tuple[int, int]) -> DeepBuffer:
-    from .deep_buffer import render_deep_buffer  # the teammate's rasterizer; imported late, it may grow heavy
+    """THE rasterizer (deep_buffer.py), at the frame (and subframe) being rendered.
 
-    return render_deep_buffer(scene, camera, frame=scene.frame_current, resolution=size,
-                              splat_px=float(scene.rerender.point_size))
+    The context scene is set to the shot scene because Blender evaluates the animation of the linked camera for
+    the nested helper render through the context scene: rendering a scene that is not the window's (``render.render
+    (scene=...)``, ``blender -b -S``) otherwise draws every frame from the camera's un-animated position.
+    """
+    with bpy.context.temp_override(scene=scene):
+        return render_deep_buffer(scene, camera, resolution=size, splat_px=properties.splat_px(scene))
 
 
 class RerenderEngine(bpy.types.RenderEngine):
@@ -117,7 +124,7 @@ class RerenderEngine(bpy.types.RenderEngine):
         scene = depsgraph.scene  # the original scene: the helper scene links its objects
         try:
             self._render_frame(depsgraph, scene)
-        except (FrameError, connection.BackendProblem) as exc:
+        except (FrameError, connection.BackendProblem, DeepBufferError) as exc:
             self._fail(scene, str(exc))
         except Exception as exc:  # noqa: BLE001 - any other failure still stops the job with a message
             self._fail(scene, f"{type(exc).__name__}: {exc}")

@@ -38,7 +38,11 @@ def draw_backend_status(layout: bpy.types.UILayout, context: bpy.types.Context) 
 def draw_appearance(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
     """Point size and the current frame's latent (each value keyable with I, like any property)."""
     settings = scene.rerender
-    layout.prop(settings, "point_size")
+    row = layout.row(align=True)
+    row.prop(settings, "point_size_auto", text="Auto Point Size")
+    sub = row.row(align=True)
+    sub.active = not settings.point_size_auto
+    sub.prop(settings, "point_size", text="Size")
     status = connection.monitor.status
     expected = status.latent_size if status.connected else 0
     header = layout.row()

@@ -33,14 +33,25 @@ class RerenderSceneSettings(bpy.types.PropertyGroup):
         type=RerenderLatentComponent, name="Appearance",
         description="The appearance latent of the current frame; key it to animate the look",
     )
+    point_size_auto: bpy.props.BoolProperty(
+        name="Automatic Point Size", default=True,
+        description="Choose the splat size per frame from the point density the camera sees (about 1 px for dense "
+        "clouds, as in the paper; larger for sparse ones)",
+    )
     point_size: bpy.props.FloatProperty(
-        name="Point Size", description="Splat size of each point in pixels (about 1 for dense clouds, as in the "
-        "paper; larger fills the gaps of sparse clouds)", default=1.0, min=0.25, soft_max=8.0, max=64.0,
+        name="Point Size", description="Splat radius of each point in pixels when not automatic (about 1 for "
+        "dense clouds; larger fills the gaps of sparse clouds)", default=1.5, min=0.25, soft_max=8.0, max=64.0,
         precision=2, subtype="PIXEL",
     )
     appearance_name: bpy.props.StringProperty(
         name="Look", description="Name of the gallery appearance last applied (informative only)", default="",
     )
+
+
+def splat_px(scene: bpy.types.Scene) -> float | None:
+    """The splat radius to rasterize with: None means "estimate it" (``render_deep_buffer``'s default)."""
+    settings = scene.rerender
+    return None if settings.point_size_auto else float(settings.point_size)
 
 
 def latent_size(scene: bpy.types.Scene) -> int:
