@@ -253,12 +253,16 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
 
     # phase 3: deep buffers ------------------------------------------------------------------------------------
     scale_file = work / "scene_scale.json"
-    if todo:
+    for v in todo:  # views dropped before rendering need no Blender at all
+        if v.name in early_drop:
+            _build_view(v, ws, out, opt, None, {}, sizes[v.name], early_drop[v.name], segmentation_of)
+    to_render = [v for v in todo if v.name not in early_drop]
+    if to_render:
         scene, cameras = _load_into_blender(ws, rec, views)
         _write_json({"scene_scale": scene.get("rerender_import_scale")}, scale_file)
         try:
-            for v in tqdm(todo, desc="deep buffers", unit="view", disable=not progress):
-                _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], early_drop.get(v.name), segmentation_of)
+            for v in tqdm(to_render, desc="deep buffers", unit="view", disable=not progress):
+                _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], None, segmentation_of)
         finally:
             _remove_scene(scene)
     scene_scale = json.loads(scale_file.read_text()).get("scene_scale") if scale_file.exists() else None

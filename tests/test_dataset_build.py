@@ -1,0 +1,145 @@
+"""`rerender dataset` on the reconstructed synthetic set: aligned buffers, labels, split, manifest, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from rerender.bridge.buffers import DeepBuffer
+from rerender.commands import main as rerender_main
+from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset, split_views, view_stem
+from rerender.training.point_labels import read_point_labels
+from support_photos import reconstructed_workspace, synthetic_photo_set
+
+# the buffer's non-empty pixels must overlap the object's true silhouette with at least this IoU (sparse SfM points
+# drawn as splats: holes inside, a splat radius of overhang at the border), and nearly all of them must fall on it
+MIN_IOU = 0.5
+MIN_PRECISION = 0.9
+OPTIONS = dict(max_size=320, min_size=200, val_count=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def segmenter(shared_dir):
+    from rerender.training.segmentation.espnet_segmenter import EspnetSegmenter
+
+    weights = shared_dir / "models" / "espnet"
+    if not (weights / "espnet_p2_q8_cityscapes.pth").is_file():
+        pytest.skip(f"ESPNet weights not found in {weights}")
+    return EspnetSegmenter(weights, max_side=256)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, segmenter):
+    _, ws, _ = reconstructed_workspace(tmp_path_factory)
+    out = tmp_path_factory.mktemp("dataset")
+    report = build_dataset(ws, out, DatasetOptions(**OPTIONS), segmenter=segmenter, progress=False)
+    return ws, out, report
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_buffers_line_up_with_the_object_silhouette(built, tmp_path_factory):
+    ws, out, report = built
+    truth_dir = synthetic_photo_set(tmp_path_factory)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["views"]) >= 10, report.to_text()
+    ious = []
+    for view in manifest["views"]:
+        d = out / "views" / view["stem"]
+        buf = DeepBuffer.load_npz(d / "buffer.npz")
+        photo = np.asarray(Image.open(d / "photo.png"))
+        seg = np.asarray(Image.open(d / "segmentation.png"))
+        assert buf.shape == photo.shape[:2] == seg.shape == (view["height"], view["width"])
+        sil_img = Image.open(truth_dir / "silhouettes" / view["name"]).resize((view["width"], view["height"]))
+        sil = np.asarray(sil_img) > 127
+        mask = buf.mask
+        iou = (mask & sil).sum() / (mask | sil).sum()
+        precision = (mask & sil).sum() / mask.sum()
+        ious.append(iou)
+        assert precision > MIN_PRECISION, f"{view['name']}: only {precision:.2f} of buffer pixels on the object"
+        assert iou > MIN_IOU, f"{view['name']}: IoU {iou:.2f} with the silhouette"
+        assert np.isfinite(buf.depth[mask]).all() and np.isinf(buf.depth[~mask]).all()
+    print(f"silhouette IoU: min {min(ious):.3f}, mean {np.mean(ious):.3f}")
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_manifest_split_labels_and_depth_stats(built):
+    ws, out, report = built
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "rerender-dataset" and manifest["version"] == 1
+    assert len(manifest["classes"]) == 19 and manifest["classes"][10]["name"] == "sky"
+    splits = [v["split"] for v in manifest["views"]]
+    assert splits.count("val") == 2 and splits.count("train") == len(splits) - 2
+    assert split_views([v["name"] for v in manifest["views"]], 2, 1) == {v["name"]: v["split"] for v in manifest["views"]}
+    rec = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    for v in manifest["views"]:
+        cam = v["camera"]
+        assert cam["model"] == "PINHOLE" and len(cam["params"]) == 4
+        image = rec.find_image_with_name(v["name"])
+        assert np.allclose(cam["R"], image.cam_from_world().rotation.matrix(), atol=1e-9)
+        assert v["coverage"] > 0.15
+    stats = manifest["depth_stats"]
+    assert 0 < stats["p01"] < stats["p50"] < stats["p99"] < 1e4
+    assert manifest["dropped"] == []
+
+    labels = read_point_labels(ws)
+    assert set(labels["point3D_id"].tolist()) == set(rec.point3D_ids())
+    assert labels["label"].dtype == np.uint8
+    assert (labels["label"] != 255).mean() > 0.5  # most points are seen in segmented photos
+    buf = DeepBuffer.load_npz(out / "views" / manifest["views"][0]["stem"] / "buffer.npz")
+    drawn = buf.label[buf.mask]
+    assert (drawn != 255).mean() > 0.5, "the label pass should carry the points' labels"
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_resume_drops_unreadable_and_sparse_views_and_keeps_the_rest(built, tmp_path, segmenter):
+    ws, out, report = built
+    ws2, out2 = tmp_path / "ws", tmp_path / "dataset"
+    shutil.copytree(ws, ws2)
+    shutil.copytree(out, out2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    kept_before = [v["name"] for v in manifest["views"]]
+    broken, rerender = kept_before[0], kept_before[1]
+    for name in (broken, rerender):  # as if the build had been interrupted before these two views
+        (out2 / "work" / "views" / f"{view_stem(name)}.json").unlink()
+        shutil.rmtree(out2 / "views" / view_stem(name))
+    (out2 / "work" / "segmentation" / f"{view_stem(broken)}.png").unlink()
+    (ws2 / "images" / broken).write_bytes(b"not an image any more")
+    kept_buffer = out2 / "views" / view_stem(kept_before[2]) / "buffer.npz"
+    stamp = kept_buffer.stat().st_mtime_ns
+
+    opts = DatasetOptions(**{**OPTIONS, "val_count": 1, "min_coverage": 0.99})  # only the re-rendered view sees 0.99
+    report2 = build_dataset(ws2, out2, opts, segmenter=segmenter, progress=False)
+    reasons = {d["name"]: d["reason"] for d in report2.dropped}
+    assert set(reasons) == {broken, rerender}
+    assert "unreadable" in reasons[broken]
+    assert "too sparse" in reasons[rerender]
+    assert sorted(report2.kept) == sorted(kept_before[2:])
+    assert kept_buffer.stat().st_mtime_ns == stamp  # finished views were not rebuilt
+
+
+def test_workspace_without_sparse_model_is_refused_clearly(tmp_path, capsys):
+    (tmp_path / "ws" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no COLMAP model in sparse/0"):
+        build_dataset(tmp_path / "ws", tmp_path / "d", progress=False)
+    assert rerender_main(["dataset", str(tmp_path / "ws"), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "rerender reconstruct" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="does not exist"):
+        build_dataset(tmp_path / "nowhere", tmp_path / "d", progress=False)
+
+
+def test_split_is_fixed_by_seed_and_follows_the_paper_sizes():
+    from rerender.training.dataset_builder import default_val_count
+
+    names = [f"p{i:03d}.jpg" for i in range(50)]
+    a, b = split_views(names, 5, 0), split_views(list(reversed(names)), 5, 0)
+    assert a == b and sum(s == "val" for s in a.values()) == 5
+    assert split_views(names, 5, 1) != a
+    assert default_val_count(2000) == 100 and default_val_count(30) == 3 and default_val_count(1) == 0
