@@ -28,7 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _build_parser(only: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rerender", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rerender",
+        description="Rerender: film a real place from its photo collection (Neural Rerendering in the Wild).",
+    )
     parser.add_argument("--version", action="version", version=f"rerender {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
