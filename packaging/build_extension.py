@@ -97,10 +97,12 @@ def write_manifest(stage: Path, wheels: list[str], platforms: list[str]) -> dict
     text = path.read_text()
     manifest = tomllib.loads(text)
     for key in ("wheels", "platforms"):
-        if key in manifest:
-            raise PackagingError(f"addon/blender_manifest.toml must not set {key!r}: the packager fills it in")
+        if manifest.get(key):
+            raise PackagingError(f"addon/blender_manifest.toml must leave {key!r} empty: the packager fills it in")
     extra = f"wheels = {json.dumps(wheels)}\nplatforms = {json.dumps(platforms)}\n"
-    lines = text.splitlines(keepends=True)
+    # Drop the source manifest's empty placeholders; the filled-in keys go before the first table.
+    lines = [line for line in text.splitlines(keepends=True)
+             if not line.replace(" ", "").startswith(("wheels=[]", "platforms=[]"))]
     first_table = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[")), len(lines))
     lines.insert(first_table, extra + "\n")
     path.write_text("".join(lines))
