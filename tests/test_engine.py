@@ -256,3 +256,51 @@ def test_latent_of_the_wrong_size_stops_with_what_to_do(shot, tmp_path):
     with pytest.raises(RuntimeError, match=r"5 values .* expects 8.*Match Model"):
         bpy.ops.render.render(scene=shot.name, write_still=True)
     assert not (tmp_path / "wrong.png").exists()
+
+
+def test_match_model_and_key_buttons_resize_and_key_the_latent(addon):
+    scene = bpy.context.scene
+    try:
+        assert bpy.ops.rerender.match_latent(size=12) == {"FINISHED"}
+        assert len(scene.rerender.appearance) == 12
+        scene.rerender.appearance[3].value = 0.25
+        scene.frame_current = 7
+        assert bpy.ops.rerender.key_appearance() == {"FINISHED"}
+        paths = {(fc.data_path, int(fc.evaluate(7) * 100)) for fc in _fcurves(scene)}
+        assert ("rerender.appearance[3].value", 25) in paths and len(paths) == 12
+    finally:
+        scene.animation_data_clear()
+        scene.rerender.appearance.clear()
+
+
+def _fcurves(idblock):
+    """The F-curves of an ID in Blender 5.0's layered actions (action.fcurves is gone for slotted actions)."""
+    anim = idblock.animation_data
+    channelbag = anim.action.layers[0].strips[0].channelbag(anim.action_slot)
+    return list(channelbag.fcurves)
+
+
+@pytest.mark.slow
+def test_launch_on_render_starts_the_local_backend(addon, shot, tmp_path, backend):
+    """Preferences with a Python and a bundle: F12 with nobody at the address starts `rerender serve` and renders."""
+    from rerender.addon import connection
+
+    prefs = bpy.context.preferences.addons["rerender.addon"].preferences
+    prefs.address = free_tcp_address()
+    prefs.python_executable = sys.executable
+    prefs.bundle_path = str(backend.bundle)
+    prefs.device = "cpu"
+    prefs.launch_on_render = True
+    shot.render.filepath = str(tmp_path / "launched.png")
+    try:
+        bpy.ops.render.render(scene=shot.name, write_still=True)
+        assert connection.local_backend.running and connection.local_backend.address == prefs.address
+        assert (tmp_path / "launched.png").is_file()
+        assert connection.monitor.status.connected and connection.monitor.status.model == "test-small"
+    finally:
+        connection.local_backend.stop()
+        connection.engine_link.invalidate()
+        prefs.address = backend.address
+        prefs.launch_on_render = False
+        prefs.python_executable = prefs.bundle_path = ""
+    assert not connection.local_backend.running
