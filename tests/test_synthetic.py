@@ -1,0 +1,197 @@
+"""Synthetic wild photo collections: ground truth consistency, determinism, re-rendering (real Blender via bpy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rerender.bridge.classes import DEFAULT_CLASSES
+from rerender.training.synthetic import (
+    PhotoCamera, SceneSpec, blender_matrix_world, camera_path, key_points, load_collection, make_camera,
+    plan_collection, project,
+)
+from rerender.training.synthetic.sampling import appearance_schedule
+
+BUILDING = DEFAULT_CLASSES.id_of("building")
+SKY = DEFAULT_CLASSES.id_of("sky")
+PERSON = DEFAULT_CLASSES.id_of("person")
+W, H = 160, 120
+
+
+# ------------------------------------------------------------------------------------------ no Blender needed
+
+def test_plan_is_deterministic_and_seed_dependent():
+    a = plan_collection(6, width=W, height=H, seed=3)
+    b = plan_collection(6, width=W, height=H, seed=3)
+    c = plan_collection(6, width=W, height=H, seed=4)
+    assert [x.to_json() for x in a.cameras] == [x.to_json() for x in b.cameras]
+    assert {k: v.to_json() for k, v in a.appearances.items()} == {k: v.to_json() for k, v in b.appearances.items()}
+    assert [x.to_json() for x in a.cameras] != [x.to_json() for x in c.cameras]
+
+
+def test_cameras_follow_the_tourist_arc():
+    info = plan_collection(40, width=640, height=480, seed=1)
+    for cam in info.cameras:
+        C = cam.center
+        assert 24.0 - 1e-6 <= np.hypot(C[0], C[1]) <= 42.0 + 1e-6
+        assert 1.5 <= C[2] <= 10.0
+        assert C[1] < 0  # in front of the landmark (it faces -Y)
+        focal_mm = cam.fx * 36.0 / cam.width
+        assert 22.0 <= focal_mm <= 45.0
+        # The landmark's center is in front of every camera.
+        _, z = project(cam, np.array([[0.0, 0.0, 10.0]]))
+        assert z[0] > 0
+
+
+def test_appearance_schedule_has_night_and_daylight():
+    kinds = appearance_schedule(20, seed=0)
+    assert 1 <= kinds.count("night") <= 2
+    assert kinds.count("day") >= 8 and "sunset" in kinds and "overcast" in kinds
+    tiny = appearance_schedule(4, seed=0)
+    assert tiny.count("night") == 1 and tiny[0] != "night"
+
+
+def test_projection_and_blender_matrix_agree():
+    cam = make_camera("c", (10.0, -30.0, 2.0), (0.0, 0.0, 8.0), focal_mm=35.0, width=640, height=480, roll_deg=2.0)
+    uv, z = project(cam, np.array([[0.0, 0.0, 8.0]]))
+    assert np.allclose(uv[0], [320.0, 240.0], atol=1e-6) and z[0] > 0  # the aim point is the image center
+    M = blender_matrix_world(cam)
+    assert np.allclose(M[:3, 3], cam.center)
+    # Blender cameras look down their local -Z: the world direction must be the COLMAP forward axis.
+    assert np.allclose(-M[:3, 2], np.asarray(cam.R)[2])
+
+
+def test_camera_path_is_smooth_and_passes_the_key_viewpoints():
+    info = plan_collection(12, width=320, height=240, seed=0)
+    path = camera_path(info.cameras, 60, keys=4)
+    centers = np.array([c.center for c in path])
+    steps = np.linalg.norm(np.diff(centers, axis=0), axis=1)
+    assert steps.max() < 4 * np.median(steps) + 1e-6  # no jumps
+    photo_centers = np.array([c.center for c in info.cameras])
+    assert np.min(np.linalg.norm(photo_centers - centers[0], axis=1)) < 1e-6  # starts at a photo viewpoint
+    for cam in path:  # every frame still looks at the landmark
+        _, z = project(cam, np.array([[0.0, 0.0, 10.0]]))
+        assert z[0] > 0
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        plan_collection(0, width=W, height=H, seed=0)
+    with pytest.raises(ValueError, match="unknown landmark parameter"):
+        plan_collection(2, width=W, height=H, seed=0, landmark={"tower_heigth": 30})
+    with pytest.raises(ValueError, match="rotation matrix"):
+        PhotoCamera("x", 10, 10, 5, 5, 5, 5, [[1, 0, 0], [0, 1, 0], [0, 0, 2]], [0, 0, 0])
+    with pytest.raises(ValueError, match="not a synthetic scene description"):
+        SceneSpec.from_json({"format": "something else"})
+
+
+# ----------------------------------------------------------------------------------------------- Blender
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    from rerender.training.synthetic import generate_collection
+
+    out = tmp_path_factory.mktemp("synth")
+    info = generate_collection(out, count=4, width=W, height=H, seed=0, quality="preview")
+    return out, info
+
+
+def _photo(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _labels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_collection_files_and_ground_truth(collection):
+    out, info = collection
+    loaded = load_collection(out)
+    assert loaded.names == info.names == [f"photo_{i:04d}" for i in range(4)]
+    cameras = json.loads((out / "ground_truth" / "cameras.json").read_text())["cameras"]
+    assert {"width", "height", "fx", "fy", "cx", "cy", "R", "t", "matrix_world"} <= set(cameras[0])
+    for name in info.names:
+        photo = _photo(out / "images" / f"{name}.jpg")
+        labels = _labels(out / "ground_truth" / "segmentation" / f"{name}.png")
+        assert photo.shape == (H, W, 3) and labels.shape == (H, W) and labels.dtype == np.uint8
+        assert set(np.unique(labels)) <= {c.id for c in DEFAULT_CLASSES}
+        building = np.mean(labels == BUILDING)
+        assert 0.05 < building < 0.98, f"{name}: building covers {building:.2f} of the photo"
+    sky_photos = sum(np.mean(_labels(info.segmentation_path(n)) == SKY) > 0.01 for n in info.names)
+    assert sky_photos >= 3
+    person_fraction = [np.mean(_labels(info.segmentation_path(n)) == PERSON) for n in info.names]
+    assert max(person_fraction) > 0 and max(person_fraction) < 0.3  # people are placed, and they stay small
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_landmark_points_project_onto_building(collection):
+    out, info = collection
+    hits = misses = 0
+    for cam in info.cameras:
+        labels = _labels(info.segmentation_path(cam.name))
+        for name, point in key_points().items():
+            uv, z = project(cam, np.array([point]))
+            u, v = uv[0]
+            if z[0] <= 0 or not (1 <= u < W - 1 and 1 <= v < H - 1):
+                continue
+            if labels[int(v), int(u)] == BUILDING:
+                hits += 1
+            else:
+                misses += 1
+    assert hits >= 3 and misses <= max(1, hits // 10), f"{hits} key points on the building, {misses} elsewhere"
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_night_photos_are_darker_than_day(collection):
+    out, info = collection
+    brightness = {n: _photo(info.image_path(n)).mean() for n in info.names}
+    night = [brightness[n] for n in info.names if info.appearances[n].kind == "night"]
+    day = [brightness[n] for n in info.names if info.appearances[n].kind == "day"]
+    assert night and day
+    assert max(night) < 0.6 * min(day), brightness
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_render_view_in_a_fresh_process_reproduces_the_photo(collection, tmp_path):
+    out, info = collection
+    name = info.names[1]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from rerender.training.synthetic import render_view
+        photo, labels = render_view({str(out)!r}, {name!r}, {name!r})
+        np.savez({str(tmp_path / 'view.npz')!r}, photo=photo, labels=labels)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=600)
+    view = np.load(tmp_path / "view.npz")
+    saved_labels = _labels(info.segmentation_path(name))
+    assert np.mean(view["labels"] == saved_labels) > 0.999
+    saved_photo = _photo(info.image_path(name)).astype(np.float32)
+    error = np.abs(view["photo"].astype(np.float32) - saved_photo).mean()
+    assert error < 3.0, f"re-rendered photo differs by {error:.2f} gray levels on average (JPEG alone: ~1)"
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_render_view_transfers_appearance_without_transients(collection):
+    from rerender.training.synthetic import render_view
+
+    out, info = collection
+    day = next(n for n in info.names if info.appearances[n].kind == "day")
+    night = next(n for n in info.names if info.appearances[n].kind == "night")
+    photo, labels = render_view(out, day, night, transients=False)
+    assert not np.isin(labels, DEFAULT_CLASSES.transient_ids).any()
+    static = ~np.isin(_labels(info.segmentation_path(day)), DEFAULT_CLASSES.transient_ids)
+    assert np.mean(labels[static] == _labels(info.segmentation_path(day))[static]) > 0.999  # same view
+    assert photo.mean() < 0.6 * _photo(info.image_path(day)).mean()  # under the night's light
