@@ -138,9 +138,11 @@ def build(out: Path, platforms: list[str] | None = None, *, work: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(f"{manifest['id']}-*.zip"):
         old.unlink()
-    split = ["--split-platforms"] if len(platforms) > 1 else []
-    target = [] if split else ["--output-filepath", str(out / f"{manifest['id']}-{manifest['version']}-{platforms[0].replace('-', '_')}.zip")]
-    run_tool(["build", "--source-dir", str(stage), "--output-dir", str(out), *split, *target])
+    if len(platforms) > 1:
+        target = ["--output-dir", str(out), "--split-platforms"]
+    else:  # same file name as a split build would give
+        target = ["--output-filepath", str(out / f"{manifest['id']}-{manifest['version']}-{platforms[0].replace('-', '_')}.zip")]
+    run_tool(["build", "--source-dir", str(stage), *target])
     built = []
     for zip_path in sorted(out.glob(f"{manifest['id']}-*.zip")):
         run_tool(["validate", str(zip_path)])

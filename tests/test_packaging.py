@@ -51,7 +51,7 @@ enabled = [k for k in bpy.context.preferences.addons.keys() if k.endswith(".rere
 import zmq, msgpack, pycolmap
 out = {"result": sorted(result), "enabled": enabled,
        "zmq": zmq.__file__, "msgpack": msgpack.__file__, "pycolmap": pycolmap.__file__,
-       "engines": [e.bl_idname for e in bpy.types.RenderEngine.__subclasses__()],
+       "engines": [getattr(e, "bl_idname", "") for e in bpy.types.RenderEngine.__subclasses__()],
        "import_op": hasattr(bpy.ops.rerender, "import_colmap")}
 
 # As an artist would: import the COLMAP workspace, look through a photo camera, F12 with the engine.
@@ -125,7 +125,7 @@ def test_installed_zip_imports_a_scene_and_renders_without_the_project(linux_zip
     bundle = make_small_bundle(tmp_path / "bundle")
     with BackendProcess(bundle, free_tcp_address()) as backend:
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"), RERENDER_BACKEND=backend.address)
-        proc = subprocess.run([sys.executable, str(script), str(linux_zip), str(workspace.root), str(exr)],
+        proc = subprocess.run([sys.executable, str(script), str(linux_zip), str(workspace.workspace), str(exr)],
                               capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -137,7 +137,7 @@ def test_installed_zip_imports_a_scene_and_renders_without_the_project(linux_zip
         assert out[package].startswith(ext_site), (package, out[package])
     assert "RERENDER" in out["engines"]
     assert out["import_op"]
-    assert out["cameras"] == len(workspace.names)
+    assert out["cameras"] == len(workspace.image_names)
     assert exr.is_file(), proc.stderr[-3000:]
     assert out["size"] == [64, 48]
     for pass_name in ("Combined", "Depth", "Albedo", "Label"):
