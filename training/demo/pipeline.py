@@ -1,0 +1,381 @@
+"""``rerender demo``: the whole pipeline on a generated landmark, exactly as for real photos, into one results folder.
+
+Stages (each skipped when its output is already there, so an interrupted demo resumes where it stopped)::
+
+    collection   synthetic tourist photos + ground truth        OUT/collection/
+    reconstruct  pycolmap SfM on the photos alone               OUT/workspace/
+    dataset      aligned dataset (segmentation, deep buffers)   OUT/dataset/
+    train        staged training -> model bundle                OUT/run/, OUT/run/bundle/
+    evaluate     Table 1 + ground-truth eval + contact sheets   OUT/evaluation/, OUT/contact_sheet.png
+    shot         .blend: import, camera path, two keyed looks   OUT/rerender_demo.blend
+    frames       the .blend rendered by the RERENDER engine through `rerender serve`   OUT/frames/
+    media        GIF of the camera path, summary                OUT/camera_path.gif, OUT/demo.json, OUT/README.md
+
+Why a generated collection: it exercises every real step (SfM never sees the true cameras) and it has what real
+photos lack — the true appearance of any view under any light, and the same view without its tourists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from .presets import DemoPreset
+
+log = logging.getLogger(__name__)
+
+STAGES = ("collection", "reconstruct", "dataset", "train", "evaluate", "shot", "frames", "media")
+
+
+class DemoError(RuntimeError):
+    """A demo stage failed; the message says which, why, and what to do."""
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    preset: DemoPreset
+    device: str = "cpu"           # training, evaluation and the backend: cpu | cuda | auto
+    seed: int = 0
+    segmenter: str = "truth"      # truth (the generator's exact labels) | espnet (the real segmenter)
+    segmenter_weights: str | None = None
+    baseline: bool = False        # also train the I2I baseline and compare (the larger evaluation)
+    progress: bool = True
+    redo: tuple[str, ...] = ()    # stages to run again even if done
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Demo:
+    """Runs the stages in order; ``OUT/stages/<stage>.json`` marks a finished stage with its timing and facts."""
+
+    def __init__(self, options: DemoOptions, echo: Callable[[str], None] = print):
+        self.o = options
+        self.out = Path(options.out)
+        self.p = options.preset
+        self.echo = echo
+        self.result = DemoResult(self.out)
+        self.collection = self.out / "collection"
+        self.workspace = self.out / "workspace"
+        self.dataset = self.out / "dataset"
+        self.run_dir = self.out / "run"
+        self.bundle = self.run_dir / "bundle"
+        self.evaluation = self.out / "evaluation"
+        self.blend = self.out / "rerender_demo.blend"
+        self.frames_dir = self.out / "frames"
+        self.gif = self.out / "camera_path.gif"
+        self.sheet = self.out / "contact_sheet.png"
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def _marker(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> dict | None:
+        m = self._marker(stage)
+        if stage in self.o.redo or not m.is_file():
+            return None
+        return json.loads(m.read_text())
+
+    def _finish(self, stage: str, seconds: float, facts: dict) -> None:
+        m = self._marker(stage)
+        m.parent.mkdir(parents=True, exist_ok=True)
+        tmp = m.with_suffix(".part")
+        tmp.write_text(json.dumps({"seconds": round(seconds, 2), **facts}, indent=2))
+        tmp.replace(m)
+
+    def run(self) -> DemoResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        settings = self.out / "settings.json"
+        wanted = {"preset": self.p.to_json(), "seed": self.o.seed, "segmenter": self.o.segmenter}
+        if settings.is_file():
+            had = json.loads(settings.read_text())
+            if had != json.loads(json.dumps(wanted)):
+                raise DemoError(f"{self.out} holds a demo made with other settings ({settings}); choose another "
+                                f"--out, or delete the folder to start over")
+        else:
+            settings.write_text(json.dumps(wanted, indent=2))
+        total = time.perf_counter()
+        for i, stage in enumerate(STAGES, start=1):
+            facts = self.done(stage)
+            if facts is not None:
+                self.echo(f"[{i}/{len(STAGES)}] {stage}: already done ({facts['seconds']:.0f} s earlier), skipped")
+                self.result.skipped.append(stage)
+                self.result.seconds[stage] = facts["seconds"]
+                self.result.summary[stage] = facts
+                continue
+            self.echo(f"[{i}/{len(STAGES)}] {stage} ...")
+            t0 = time.perf_counter()
+            facts = getattr(self, f"stage_{stage}")()
+            dt = time.perf_counter() - t0
+            self._finish(stage, dt, facts)
+            self.result.seconds[stage] = round(dt, 2)
+            self.result.summary[stage] = {"seconds": round(dt, 2), **facts}
+            self.echo(f"[{i}/{len(STAGES)}] {stage}: done in {dt:.1f} s")
+        self.echo(f"demo finished in {time.perf_counter() - total:.0f} s this run; results in {self.out}")
+        return self.result
+
+    # ---- stages ----------------------------------------------------------------------------------------------------
+
+    def stage_collection(self) -> dict:
+        from tqdm import tqdm
+
+        from rerender.training.synthetic import generate_collection
+
+        W, H = self.p.photo_size
+        with tqdm(total=self.p.photos, desc="photos", unit="photo", disable=not self.o.progress) as bar:
+            def progress(done: int, total: int, name: str, seconds: float) -> None:
+                bar.set_postfix_str(f"{name} {seconds:.1f} s")
+                bar.n = done
+                bar.refresh()
+
+            info = generate_collection(self.collection, count=self.p.photos, width=W, height=H, seed=self.o.seed,
+                                       quality=self.p.quality, progress=progress)
+        kinds: dict[str, int] = {}
+        for a in info.appearances.values():
+            kinds[a.kind] = kinds.get(a.kind, 0) + 1
+        return {"photos": len(info.cameras), "size": [W, H], "appearances": kinds,
+                "photos_with_transients": sum(1 for t in info.transients.values() if t)}
+
+    def stage_reconstruct(self) -> dict:
+        from rerender.training.reconstruct import ReconstructionError, reconstruct
+
+        try:
+            summary = reconstruct(self.collection / "images", self.workspace, matcher="exhaustive",
+                                  dense="auto" if self.o.device != "cpu" else "off", progress=self.o.progress)
+        except ReconstructionError as exc:
+            raise DemoError(f"reconstruct: {exc}. The generated photos may be too few or too small for SfM; try a "
+                            f"larger --size preset or more --photos") from exc
+        self.echo(summary.to_text())
+        if summary.registered < 3:
+            raise DemoError(f"reconstruct: SfM registered only {summary.registered} of {summary.photos_found} photos; "
+                            f"use more or larger photos (--photos, --size small)")
+        return {"registered": summary.registered, "photos": summary.photos_found, "points": summary.points,
+                "mean_reprojection_error_px": summary.mean_reprojection_error_px, "seconds_by_step": summary.seconds}
+
+    def splat_px(self) -> float:
+        """Sparse SfM clouds need splats a few pixels wide; the size scales with the buffer."""
+        return max(1.5, self.p.buffer_size / 48.0)
+
+    def stage_dataset(self) -> dict:
+        from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset
+
+        opt = DatasetOptions(max_size=self.p.buffer_size, min_size=16, min_coverage=0.05, val_count=self.p.val_count,
+                             seed=self.o.seed, splat_px=self.splat_px(), segmenter_weights=self.o.segmenter_weights)
+        if self.o.segmenter == "truth":
+            prefill_true_segmentation(self.workspace, self.dataset, self.collection, opt.max_size)
+        try:
+            report = build_dataset(self.workspace, self.dataset, opt, progress=self.o.progress)
+        except DatasetError as exc:
+            raise DemoError(f"dataset: {exc}") from exc
+        self.echo(report.to_text())
+        if report.train < 2 or report.val < 1:
+            raise DemoError(f"dataset: {report.train} training and {report.val} held-out views are too few; use "
+                            f"more photos (--photos) or a larger --size")
+        return {"train": report.train, "val": report.val, "dropped": len(report.dropped),
+                "segmentation": "generator ground truth" if self.o.segmenter == "truth" else "ESPNet (Cityscapes)",
+                "splat_px": self.splat_px()}
+
+    def train_config(self):
+        from rerender.training.config import TrainConfig
+
+        s1, s2, s3, sem = self.p.steps
+        log_every = max(1, min(50, s2 // 10))
+        return TrainConfig(
+            load_size=self.p.load_size, crop_size=self.p.crop_size, batch_size=self.p.batch_size, num_workers=0,
+            cache_views=True, steps_stage1=s1, steps_stage2=s2, steps_stage3=s3, steps_semantic=sem,
+            steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
+            log_every=log_every, num_val_images=2, triplet_k_near=min(5, 2), triplet_k_far=min(13, 4),
+            style_size=min(256, self.p.load_size), network=dict(self.p.network),
+            vgg_width_divisor=self.p.vgg_width_divisor, d_scales=2 if self.p.load_size <= 128 else 3,
+            d_channels=16 if self.p.load_size <= 128 else 64, seed=self.o.seed)
+
+    def _train(self, method: str, run_dir: Path) -> dict:
+        from rerender.training.data import DatasetError
+        from rerender.training.distributed import DistContext
+        from rerender.training.export import export_bundle
+        from rerender.training.trainer import Trainer, TrainingError
+
+        import torch
+
+        device = self.o.device if self.o.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            trainer = Trainer(self.dataset, run_dir, self.train_config(), method=method,
+                              resume=(run_dir / "checkpoint.pt").is_file(), ctx=DistContext(device=torch.device(device)),
+                              progress=self.o.progress)
+            trainer.run()
+        except (DatasetError, TrainingError) as exc:
+            raise DemoError(f"train ({method}): {exc}") from exc
+        bundle = export_bundle(trainer, run_dir / "bundle")
+        return {"method": method, "steps": trainer.global_step, "phases": list(trainer.completed),
+                "gallery": len(bundle.gallery), "vgg": trainer.vgg.weights_name, "device": device}
+
+    def stage_train(self) -> dict:
+        facts = self._train("staged", self.run_dir)
+        if self.o.baseline:
+            facts["baseline"] = self._train("i2i", self.out / "run_i2i")
+        return facts
+
+    def _vgg(self):
+        from rerender.training.vgg import load_vgg19
+
+        return load_vgg19(width_divisor=self.p.vgg_width_divisor)
+
+    def stage_evaluate(self) -> dict:
+        from rerender.backend.runtime import ModelRuntime
+        from rerender.training.evaluate import evaluate
+        from rerender.training.gt_eval import SHEET_HEADERS, ground_truth_eval, synthetic_truth, write_report
+
+        from .media import contact_sheet
+
+        device = self.o.device
+        vgg = self._vgg()
+        table = evaluate(self.bundle, self.dataset, self.evaluation / "staged", device=device, vgg=vgg,
+                         progress=self.o.progress)
+        facts: dict[str, Any] = {"table1": {"staged": table.mean}, "vgg_weights": table.vgg_weights}
+        lines = ["## Reconstruction of held-out photos (the paper's Table 1)", "", table.markdown()]
+        if self.o.baseline and (self.out / "run_i2i" / "bundle").is_dir():
+            base = evaluate(self.out / "run_i2i" / "bundle", self.dataset, self.evaluation / "i2i", device=device,
+                            vgg=vgg, progress=self.o.progress)
+            facts["table1"]["i2i"] = base.mean
+            lines += [base.markdown()]
+        runtime = ModelRuntime(self.bundle, device)
+        rows: list = []
+        report = ground_truth_eval(runtime, self.dataset, synthetic_truth(self.collection),
+                                   pairs=self.p.eval_pairs, seed=self.o.seed, progress=self.o.progress,
+                                   sheet_rows=rows)
+        write_report(report, self.evaluation)
+        facts["ground_truth"] = report.summary()
+        lines += ["## Ground truth of the generated collection", "", report.markdown()]
+        (self.evaluation / "evaluation.md").write_text("\n".join(lines) + "\n")
+        (self.evaluation / "evaluation.json").write_text(json.dumps(facts, indent=2) + "\n")
+        contact_sheet([tiles[:3] for _, tiles in rows], SHEET_HEADERS[:3], self.sheet,
+                      row_labels=[Path(n).stem for n, _ in rows])
+        contact_sheet([tiles for _, tiles in rows], SHEET_HEADERS, self.evaluation / "ground_truth_sheet.png",
+                      row_labels=[Path(n).stem for n, _ in rows])
+        return facts
+
+    def stage_shot(self) -> dict:
+        from rerender.backend.bundle import Bundle
+
+        from .shot import build_shot, pick_looks
+
+        bundle = Bundle.load(self.bundle)
+        looks = pick_looks(bundle.gallery, self.p.frames)
+        manifest = json.loads((self.dataset / "manifest.json").read_text())
+        W, H = self.p.frame_size
+        splat = self.splat_px() * max(W, H) / self.p.buffer_size
+        return build_shot(self.workspace, manifest, looks, frames=self.p.frames, size=(W, H), splat_px=splat,
+                          blend_path=self.blend, bundle_path=self.bundle)
+
+    def stage_frames(self) -> dict:
+        from tqdm import tqdm
+
+        from .backend_process import ServeProcess
+        from .shot import render_frames
+
+        device = self.o.device if self.o.device != "auto" else "auto"
+        with ServeProcess(self.bundle, device=device, log_path=self.out / "logs" / "serve.log") as serve:
+            self.echo(f"backend: {serve.address} ({serve.info.get('device', '?')}, model "
+                      f"{serve.info.get('model', {}).get('name', '?') if isinstance(serve.info.get('model'), dict) else serve.info.get('model', '?')})")
+            with tqdm(total=self.p.frames, desc="frames", unit="frame", disable=not self.o.progress) as bar:
+                def progress(done: int, total: int, seconds: float) -> None:
+                    bar.n = done
+                    bar.refresh()
+
+                t0 = time.perf_counter()
+                paths = render_frames(self.blend, self.frames_dir, serve.address, progress=progress)
+                dt = time.perf_counter() - t0
+        return {"frames": len(paths), "seconds_per_frame": round(dt / max(1, len(paths)), 3),
+                "backend_address": serve.address}
+
+    def stage_media(self) -> dict:
+        from .media import write_gif
+
+        frames = sorted(self.frames_dir.glob("frame_*.png"))
+        if len(frames) != self.p.frames:
+            raise DemoError(f"media: {len(frames)} frames in {self.frames_dir}, expected {self.p.frames}; rerun "
+                            f"with --redo frames")
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in frames]
+        write_gif(images, self.gif, fps=8)
+        summary = {stage: json.loads(self._marker(stage).read_text()) for stage in STAGES[:-1]
+                   if self._marker(stage).is_file()}
+        demo = {"preset": self.p.to_json(), "device": self.o.device, "segmenter": self.o.segmenter,
+                "stages": summary, "outputs": {
+                    "contact_sheet": self.sheet.name, "gif": self.gif.name, "blend": self.blend.name,
+                    "evaluation": str(self.evaluation.relative_to(self.out) / "evaluation.md"),
+                    "bundle": str(self.bundle.relative_to(self.out))}}
+        (self.out / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
+        (self.out / "README.md").write_text(results_readme(self, summary))
+        return {"gif_frames": len(images)}
+
+
+def results_readme(demo: Demo, summary: dict) -> str:
+    ev = (demo.evaluation / "evaluation.md").read_text() if (demo.evaluation / "evaluation.md").is_file() else ""
+    times = "\n".join(f"| {s} | {summary[s]['seconds']:.0f} |" for s in STAGES[:-1] if s in summary)
+    seg = summary.get("dataset", {}).get("segmentation", "?")
+    return f"""# Rerender demo results ({demo.p.name})
+
+![contact sheet](contact_sheet.png)
+
+![camera path](camera_path.gif)
+
+- `contact_sheet.png`: held-out views — deep buffer | network output | photo.
+- `evaluation/ground_truth_sheet.png`: also the view under another photo's look vs its truth, and without people.
+- `camera_path.gif`: {demo.p.frames} frames rendered by the Neural Rerender engine in Blender through `rerender serve`,
+  the look crossfading between two keyed gallery appearances.
+- `rerender_demo.blend`: the shot. To render it yourself: `rerender serve --bundle {demo.bundle}`, then open the
+  file in Blender with the Rerender add-on enabled and press F12 (or `blender -b rerender_demo.blend -a`).
+- Photos were segmented with: {seg}.
+
+## Evaluation
+
+{ev}
+
+## Stage timings (seconds)
+
+| stage | s |
+|---|---|
+{times}
+"""
+
+
+def prefill_true_segmentation(workspace: Path, dataset: Path, collection: Path, max_size: int) -> int:
+    """Put the generator's exact segmentations where the dataset builder caches its segmenter's output.
+
+    Why this is an adapter and not a Segmenter: ``Segmenter.segment(photo)`` sees pixels, not the photo's name, so a
+    ground-truth segmenter would have to recognise photos by content. The builder skips photos whose cached
+    segmentation exists (``D/work/segmentation/<stem>.png`` at the buffer size), so we write the truth there.
+    The workspace's photos are undistorted SfM images; the truth is resized (nearest) to them, which is exact up
+    to the few pixels the undistortion crops.
+    """
+    from rerender.training.dataset_builder import buffer_size, load_workspace, view_stem
+
+    _, views = load_workspace(workspace)
+    folder = dataset / "work" / "segmentation"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for v in views:
+        target = folder / f"{view_stem(v.name)}.png"
+        if target.exists():
+            continue
+        truth = collection / "ground_truth" / "segmentation" / f"{Path(v.name).stem}.png"
+        if not truth.is_file():
+            raise DemoError(f"dataset: no ground-truth segmentation {truth} for photo {v.name}")
+        w, h = buffer_size(v.width, v.height, max_size)
+        Image.open(truth).resize((w, h), Image.NEAREST).save(target)
+        written += 1
+    return written

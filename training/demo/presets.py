@@ -1,0 +1,61 @@
+"""Demo sizes: how many photos, how big, how long to train, how many frames.
+
+Why presets and not a dozen flags: the demo's job is to finish in a known time on a known machine. ``tiny`` is the
+CI smoke run (minutes, pictures are noise), ``small`` the README default (~15 min on a 2-core CPU), ``medium`` and
+``large`` are for a GPU, where the networks and step counts approach the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    name: str
+    photos: int                 # generated tourist photos
+    photo_size: tuple[int, int]  # W, H of the generated photos
+    quality: str                # generator render quality: preview | final
+    buffer_size: int            # long side of the dataset's photos and deep buffers
+    val_count: int              # held-out views (evaluation)
+    load_size: int              # training square
+    crop_size: int
+    batch_size: int
+    steps: tuple[int, int, int, int]  # stage 1 (appearance), 2 (rerender), 3 (finetune), semantic
+    network: dict[str, Any] = field(default_factory=dict)
+    vgg_width_divisor: int = 1  # 1 = the real VGG19 (ImageNet weights when available)
+    frames: int = 24            # rendered frames of the camera path
+    frame_size: tuple[int, int] = (320, 240)
+    eval_pairs: int = 4         # appearance-transfer pairs of the ground-truth evaluation
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "tiny": DemoPreset("tiny", photos=12, photo_size=(192, 144), quality="preview", buffer_size=96, val_count=2,
+                       load_size=64, crop_size=32, batch_size=2, steps=(4, 6, 4, 4),
+                       network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8,
+                                "encoder_blocks": 2},
+                       vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2),
+    "small": DemoPreset("small", photos=28, photo_size=(320, 240), quality="preview", buffer_size=160, val_count=3,
+                        load_size=128, crop_size=64, batch_size=4, steps=(60, 300, 100, 60),
+                        network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16,
+                                 "encoder_blocks": 3},
+                        vgg_width_divisor=4, frames=24, frame_size=(160, 120), eval_pairs=6),
+    "medium": DemoPreset("medium", photos=120, photo_size=(640, 480), quality="final", buffer_size=512,
+                         val_count=10, load_size=256, crop_size=256, batch_size=8,
+                         steps=(2000, 20000, 8000, 4000), frames=72, frame_size=(640, 480), eval_pairs=20),
+    "large": DemoPreset("large", photos=400, photo_size=(1024, 768), quality="final", buffer_size=1024,
+                        val_count=40, load_size=512, crop_size=256, batch_size=8,
+                        steps=(20000, 200000, 100000, 50000), frames=120, frame_size=(1024, 768), eval_pairs=100),
+}
+
+
+def preset(name: str, **overrides: Any) -> DemoPreset:
+    """A preset by name, with fields overridden (``photos=60``, ``eval_pairs=50`` ...)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown demo size {name!r}; choose one of {', '.join(PRESETS)}")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PRESETS[name], **clean)
