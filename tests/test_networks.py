@@ -127,11 +127,11 @@ def test_rerenderer_learns_a_target_with_adam():
     """A few real optimiser steps with the authors' Adam settings reduce an L1 loss: gradients flow end to end."""
     torch.manual_seed(0)
     r = Rerenderer(small_config())
-    x, z = torch.randn(2, 8, 16, 16), torch.randn(2, 4)
-    target = torch.rand(2, 3, 16, 16) * 2 - 1
+    x, z = torch.randn(2, 8, 8, 8), torch.randn(2, 4)
+    target = torch.rand(2, 3, 8, 8) * 2 - 1
     opt = torch.optim.Adam(r.parameters(), lr=1e-3, betas=(0.0, 0.99))
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         loss = (r(x, z) - target).abs().mean()
         opt.zero_grad()
         loss.backward()
