@@ -36,6 +36,10 @@ EXTRA_PASSES: dict[str, tuple[int, str, str]] = {
 }
 
 
+# Seconds spent in each step of the last frame rendered by this process (the stats line and benchmarks read it).
+last_frame_timings: dict[str, float] = {}
+
+
 class FrameError(RuntimeError):
     """A frame cannot be rendered; the message tells the artist what to change."""
 
@@ -145,8 +149,10 @@ class RerenderEngine(bpy.types.RenderEngine):
         size = (int(self.resolution_x), int(self.resolution_y))
         settings = backend_settings()
 
+        timings = {}
         self._progress(0.0, "connecting to the backend")
         client, info = connection.engine_client(settings)
+        timings["connect"] = time.perf_counter() - started
         expected = connection.describe_hello(info)[2]
         latent, warning = frame_latent(depsgraph.scene_eval, expected)
         if warning:
@@ -155,7 +161,9 @@ class RerenderEngine(bpy.types.RenderEngine):
             return
 
         self._progress(0.1, f"rasterizing points {size[0]}×{size[1]}")
+        step = time.perf_counter()
         buffer = _deep_buffer(scene, camera, size)
+        timings["deep_buffer"] = time.perf_counter() - step
         if buffer.shape != (size[1], size[0]):
             raise FrameError(f"the deep buffer is {buffer.shape[1]}×{buffer.shape[0]}, the render {size[0]}×"
                              f"{size[1]}: check the resolution percentage and the camera's pixel aspect")
@@ -163,8 +171,10 @@ class RerenderEngine(bpy.types.RenderEngine):
             return
 
         self._progress(0.5, "rerendering on the backend")
+        step = time.perf_counter()
         try:
             image = client.rerender(buffer, latent)
+            timings["backend"] = time.perf_counter() - step
         except Exception as exc:  # noqa: BLE001 - translated for the artist below
             connection.engine_link.invalidate()
             raise connection.BackendProblem(connection.explain(exc, settings)) from exc
@@ -172,9 +182,15 @@ class RerenderEngine(bpy.types.RenderEngine):
             return
 
         self._progress(0.9, "writing passes")
+        step = time.perf_counter()
         pixels = pass_pixels(buffer, image_to_linear(image), transparent=scene.render.film_transparent)
         self._write_result(pixels, size, depsgraph.view_layer.name)
-        self._progress(1.0, f"done in {time.perf_counter() - started:.2f} s")
+        timings["write_passes"] = time.perf_counter() - step
+        timings["total"] = time.perf_counter() - started
+        last_frame_timings.clear()
+        last_frame_timings.update(timings)
+        self._progress(1.0, f"done in {timings['total']:.2f} s (points {timings['deep_buffer']:.2f} s, "
+                            f"network {timings['backend']:.2f} s)")
 
     def _write_result(self, pixels: dict[str, np.ndarray], size: tuple[int, int], view_layer: str) -> None:
         for name, (channels, chan_id, _kind) in EXTRA_PASSES.items():

@@ -150,6 +150,7 @@ def test_f12_writes_multilayer_exr_with_every_pass(shot, backend, tmp_path):
     np.testing.assert_allclose(albedo[mask], np.tile(POINT_COLOR, (mask.sum(), 1)), atol=1e-3)
 
 
+@pytest.mark.slow  # 3 nested EEVEE renders + 1 reference: 10-20 s on 2 busy cores
 def test_animation_renders_each_frame_with_its_camera_and_look(shot, backend, tmp_path):
     from rerender.addon import properties
 
