@@ -243,10 +243,10 @@ class _EngineLink:
             info = probe.hello()
         finally:
             probe.close()
-        monitor.publish(BackendStatus("connected", settings.address, "connected", *describe_hello(info),
-                                      dict(info), time.time()))
         if not has_model(info):
             raise bridge.errors.ModelUnavailable("no_model", "hello reports no model loaded", op="hello")
+        monitor.publish(BackendStatus("connected", settings.address, "connected", *describe_hello(info),
+                                      dict(info), time.time()))
         return dict(info)
 
     def invalidate(self) -> None:
