@@ -15,7 +15,15 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, *, fps: float = 8.0) -> 
     if not frames:
         raise ValueError("write_gif needs at least one frame")
     images = [Image.fromarray(np.asarray(f, np.uint8)).convert("RGB") for f in frames]
-    palette = images[len(images) // 2].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    # one palette for the whole clip, from a strip of (up to 16) frames: per-frame palettes flicker, and a palette
+    # from one frame maps the others' colours onto it (Pillow then drops frames that became identical)
+    picks = images[:: max(1, len(images) // 16)]
+    strip = Image.new("RGB", (sum(im.width for im in picks), max(im.height for im in picks)))
+    x = 0
+    for im in picks:
+        strip.paste(im, (x, 0))
+        x += im.width
+    palette = strip.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     quantised = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
     path.parent.mkdir(parents=True, exist_ok=True)
     quantised[0].save(path, save_all=True, append_images=quantised[1:], duration=int(round(1000 / fps)), loop=0,

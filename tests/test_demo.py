@@ -1,0 +1,225 @@
+"""``rerender demo``: a tiny run end to end (slow, real Blender, real SfM, real training, real backend), plus fast
+checks of the pieces it is made of (camera conversion, look picking, GIF, contact sheet, reports, bad input)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from rerender.training.demo import PRESETS, Demo, DemoError, DemoOptions, preset
+from rerender.training.demo.media import contact_sheet, write_gif
+from rerender.training.gt_eval import GroundTruthReport
+
+LAUNCH = "import sys; from rerender import main; sys.exit(main())"
+
+
+def rerender_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, timeout=timeout)
+
+
+# ---- fast checks -------------------------------------------------------------------------------------------------
+
+
+def test_presets_are_consistent():
+    for name, p in PRESETS.items():
+        assert p.crop_size <= p.load_size, name
+        assert p.val_count < p.photos, name
+        assert p.frames >= 2 and p.eval_pairs >= 1, name
+    assert preset("tiny", photos=20).photos == 20
+    assert preset("tiny", photos=None).photos == PRESETS["tiny"].photos
+    with pytest.raises(ValueError, match="unknown demo size 'huge'"):
+        preset("huge")
+
+
+def test_blender_camera_conversion_round_trips():
+    """A camera taken from Blender's matrix_world (with the import root's scale) gives back the same matrix."""
+    from rerender.training.demo.shot import _camera_as_photo_camera
+    from rerender.training.synthetic import blender_matrix_world, make_camera
+
+    cam = make_camera("c", (4.0, -7.0, 2.5), (0.0, 0.0, 1.0), focal_mm=35.0, width=64, height=48)
+    m = blender_matrix_world(cam)
+    scaled = m.copy()
+    scaled[:3, :3] *= 0.37  # a parent's uniform scale shows up in matrix_world
+    back = _camera_as_photo_camera("c", scaled, cam.fx, 64, 48)
+    np.testing.assert_allclose(back.R, cam.R, atol=1e-9)
+    np.testing.assert_allclose(back.center, cam.center, atol=1e-9)
+    np.testing.assert_allclose(blender_matrix_world(back), m, atol=1e-9)
+
+
+def test_pick_looks_takes_the_two_most_different_latents():
+    from types import SimpleNamespace
+
+    from rerender.training.demo.shot import pick_looks
+
+    gallery = [SimpleNamespace(name=n, latent=np.full(8, v, np.float32)) for n, v in
+               (("noon", 0.1), ("night", -2.0), ("dusk", 0.5), ("fog", 1.5))]
+    looks = pick_looks(gallery, frames=24)
+    assert {lk.name for lk in looks} == {"night", "fog"}
+    assert [lk.frame for lk in looks] == [1, 24]
+    with pytest.raises(ValueError, match="needs two"):
+        pick_looks(gallery[:1], frames=24)
+
+
+def test_gif_keeps_every_frame(tmp_path):
+    frames = [np.full((12, 16, 3), (20 * i, 255 - 20 * i, 128), np.uint8) for i in range(5)]
+    frames[2][:, :4] = 0  # identical consecutive frames must not be merged either
+    path = write_gif(frames, tmp_path / "a.gif")
+    with Image.open(path) as im:
+        read = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+    assert len(read) == 5
+    assert all(r.shape == (12, 16, 3) for r in read)
+    assert np.abs(read[0].astype(int) - read[4].astype(int)).mean() > 50
+
+
+def test_contact_sheet_lays_out_rows_and_columns(tmp_path):
+    rows = [[np.full((20, 30, 3), 200, np.uint8), np.zeros((10, 15, 3), np.uint8)] for _ in range(3)]
+    path = contact_sheet(rows, ["buffer", "output"], tmp_path / "s.png", height=40, row_labels=["a", "b", "c"])
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape[0] >= 3 * 40
+    assert sheet.shape[1] >= 60 + 30  # two tiles scaled to height 40 (60 + 60 wide), plus labels
+    assert (sheet == 200).all(axis=-1).sum() >= 3 * 40 * 60  # the bright tiles are all there
+
+
+def test_ground_truth_report_summarises_and_compares():
+    r = GroundTruthReport()
+    r.transfer = [{"view": "a", "latent_of_b": {"psnr": 20.0, "l1": 10.0, "ssim": 0.6},
+                   "latent_of_random": {"psnr": 15.0, "l1": 18.0, "ssim": 0.4}},
+                  {"view": "b", "latent_of_b": {"psnr": 14.0, "l1": 20.0, "ssim": 0.3},
+                   "latent_of_random": {"psnr": 16.0, "l1": 17.0, "ssim": 0.5}}]
+    r.transient = [{"view": "a", "transient_pixels": 40, "l1_without": 5.0, "l1_with": 30.0}]
+    s = r.summary()
+    assert s["appearance_transfer"]["psnr_latent_of_b"] == pytest.approx(17.0)
+    assert s["appearance_transfer"]["b_beats_random"] == pytest.approx(0.5)
+    assert s["transient"]["without_beats_with"] == 1.0
+    md = r.markdown()
+    assert "latent encoded from photo B | 2 | 17.00" in md and "label pass without people | 1 | 5.00" in md
+
+
+def test_demo_refuses_a_folder_made_with_other_settings(tmp_path):
+    (tmp_path / "settings.json").write_text(json.dumps({"preset": PRESETS["small"].to_json(), "seed": 0,
+                                                        "segmenter": "truth"}))
+    demo = Demo(DemoOptions(out=tmp_path, preset=PRESETS["tiny"]), echo=lambda s: None)
+    with pytest.raises(DemoError, match="other settings"):
+        demo.run()
+
+
+def test_cli_rejects_bad_numbers_and_missing_cuda(tmp_path):
+    result = rerender_cli("demo", "--out", str(tmp_path / "x"), "--photos", "1", timeout=120)
+    assert result.returncode == 2
+    assert "--photos 1 is too small" in result.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        result = rerender_cli("demo", "--out", str(tmp_path / "x"), "--gpu", timeout=120)
+        assert result.returncode == 2 and "no CUDA" in result.stderr
+    assert not (tmp_path / "x").exists(), "a refused run must not create the results folder"
+
+
+# ---- the tiny demo end to end ------------------------------------------------------------------------------------
+
+
+BLEND_CHECK = textwrap.dedent("""
+    import json, sys
+    import bpy, addon_utils
+    bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+    addon_utils.enable("rerender.addon", default_set=True)
+    scene = bpy.data.scenes["Rerender demo"]
+    action = scene.animation_data.action if scene.animation_data else None
+    curves = []
+    if action is not None:
+        from bpy_extras import anim_utils
+        slot = scene.animation_data.action_slot
+        bag = anim_utils.action_get_channelbag_for_slot(action, slot) if slot else None
+        curves = list(bag.fcurves) if bag is not None else list(getattr(action, "fcurves", []))
+    latent = [c for c in curves if c.data_path.startswith("rerender.appearance[")]
+    cam = scene.camera
+    cam_curves = []
+    if cam is not None and cam.animation_data and cam.animation_data.action:
+        from bpy_extras import anim_utils
+        cbag = anim_utils.action_get_channelbag_for_slot(cam.animation_data.action, cam.animation_data.action_slot)
+        cam_curves = [c.data_path for c in cbag.fcurves]
+    print("RESULT" + json.dumps({
+        "engine": scene.render.engine,
+        "latent_curves": len(latent),
+        "keys_per_curve": sorted({len(c.keyframe_points) for c in latent}),
+        "key_frames": sorted({round(k.co[0]) for c in latent for k in c.keyframe_points}),
+        "latent_size": len(scene.rerender.appearance),
+        "frames": [scene.frame_start, scene.frame_end],
+        "camera_curves": sorted(set(cam_curves)),
+        "points": max((len(o.data.vertices) for o in bpy.data.objects if o.type == "MESH"), default=0),
+    }))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_tiny_demo_runs_end_to_end_and_every_output_is_sane(tmp_path):
+    out = tmp_path / "demo"
+    p = PRESETS["tiny"]
+    result = rerender_cli("demo", "--size", "tiny", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, f"rerender demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    for i, stage in enumerate(("collection", "reconstruct", "dataset", "train", "evaluate", "shot", "frames",
+                               "media"), start=1):
+        assert f"[{i}/8] {stage}: done in" in result.stdout
+
+    # every output exists
+    for name in ("contact_sheet.png", "camera_path.gif", "rerender_demo.blend", "demo.json", "README.md",
+                 "evaluation/evaluation.json", "evaluation/evaluation.md", "evaluation/ground_truth_sheet.png",
+                 "run/bundle/config.json"):
+        assert (out / name).is_file(), f"missing output {name}"
+
+    # GIF: N frames of the preset's size that change along the path
+    with Image.open(out / "camera_path.gif") as gif:
+        frames = [np.asarray(f.convert("RGB")).astype(np.float32) for f in ImageSequence.Iterator(gif)]
+    assert len(frames) == p.frames
+    assert frames[0].shape == (p.frame_size[1], p.frame_size[0], 3)
+    assert np.abs(frames[0] - frames[-1]).mean() > 1.0, "camera and look change: first and last frame must differ"
+    assert len({f.tobytes() for f in frames}) == p.frames, "every frame of a moving camera differs"
+    assert all(f.std() > 1.0 for f in frames), "a frame is a flat colour: the render produced nothing"
+
+    # contact sheet: one row per evaluated held-out view, not blank
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB")).astype(np.float32)
+    assert sheet.shape[0] > 48 and sheet.std() > 5
+
+    # evaluation: Table 1 metrics and the ground-truth comparisons, finite
+    ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    t1 = ev["table1"]["staged"]
+    assert set(t1) >= {"vgg", "l1", "psnr", "ssim"}
+    assert all(math.isfinite(v) for v in t1.values())
+    assert 0 < t1["psnr"] < 60 and 0 <= t1["l1"] <= 255 and -1 <= t1["ssim"] <= 1
+    gt = ev["ground_truth"]["appearance_transfer"]
+    assert gt["pairs"] == p.eval_pairs
+    for key in ("psnr_latent_of_b", "psnr_latent_of_random", "l1_latent_of_b", "ssim_latent_of_b"):
+        assert math.isfinite(gt[key]), key
+    if "transient" in ev["ground_truth"]:
+        tr = ev["ground_truth"]["transient"]
+        assert tr["views"] >= 1 and math.isfinite(tr["l1_in_transient_region_labels_without_people"])
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["stages"]["dataset"]["segmentation"] == "generator ground truth"
+    assert summary["stages"]["reconstruct"]["registered"] >= 3
+
+    # the .blend opens in a fresh Blender: engine set, camera animated, two keyed looks on every latent component
+    check = subprocess.run([sys.executable, "-c", BLEND_CHECK, str(out / "rerender_demo.blend")],
+                           capture_output=True, text=True, timeout=300)
+    line = [ln for ln in check.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, f"blend check failed:\n{check.stdout[-2000:]}\n{check.stderr[-3000:]}"
+    blend = json.loads(line[0][len("RESULT"):])
+    assert blend["engine"] == "RERENDER"
+    assert blend["latent_size"] == 8 and blend["latent_curves"] == 8
+    assert blend["keys_per_curve"] == [2] and blend["key_frames"] == [1, p.frames]
+    assert blend["frames"] == [1, p.frames]
+    assert {"location", "rotation_euler"} <= set(blend["camera_curves"])
+    assert blend["points"] > 50
+
+    # resumable: a second run finds every stage done and redoes nothing
+    again = rerender_cli("demo", "--size", "tiny", "--out", str(out), "--no-progress", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already done") == 8
