@@ -48,18 +48,21 @@ def _build_scene():
     nt = mat.node_tree
     bsdf = nt.nodes["Principled BSDF"]
     geo = nt.nodes.new("ShaderNodeNewGeometry")  # Position = world space: no two places look alike
-    noise = nt.nodes.new("ShaderNodeTexNoise")
-    noise.inputs["Scale"].default_value = 3.0
-    noise.inputs["Detail"].default_value = 8.0
-    vor = nt.nodes.new("ShaderNodeTexVoronoi")
-    vor.inputs["Scale"].default_value = 6.0
+    noise = nt.nodes.new("ShaderNodeTexNoise")  # large blotches, strong luminance contrast for SIFT
+    noise.inputs["Scale"].default_value = 4.0
+    noise.inputs["Detail"].default_value = 10.0
+    noise.inputs["Roughness"].default_value = 0.6
     ramp = nt.nodes.new("ShaderNodeValToRGB")
-    ramp.color_ramp.elements[0].color = (0.05, 0.03, 0.02, 1)
-    ramp.color_ramp.elements[1].color = (0.95, 0.85, 0.6, 1)
+    ramp.color_ramp.elements[0].position = 0.38
+    ramp.color_ramp.elements[0].color = (0.02, 0.02, 0.02, 1)
+    ramp.color_ramp.elements[1].position = 0.62
+    ramp.color_ramp.elements[1].color = (1.0, 0.95, 0.85, 1)
+    vor = nt.nodes.new("ShaderNodeTexVoronoi")  # per-cell colors: no two places look alike
+    vor.inputs["Scale"].default_value = 5.0
     mix = nt.nodes.new("ShaderNodeMix")
     mix.data_type = "RGBA"
     mix.blend_type = "MULTIPLY"
-    mix.inputs["Factor"].default_value = 0.8
+    mix.inputs["Factor"].default_value = 1.0
     nt.links.new(geo.outputs["Position"], noise.inputs["Vector"])
     nt.links.new(geo.outputs["Position"], vor.inputs["Vector"])
     nt.links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
@@ -126,8 +129,8 @@ def generate(out: Path, n_views: int = N_VIEWS) -> None:
     truth = {}
     rng = np.random.default_rng(7)
     for i in range(n_views):
-        # a 300-degree arc: wide baselines, but neighbours still overlap a lot
-        ang = math.radians(-150 + 300 * i / (n_views - 1))
+        # a 210-degree arc: 16 degrees between neighbours, so each photo overlaps the next ones a lot
+        ang = math.radians(-105 + 210 * i / (n_views - 1))
         radius = 4.9 + rng.uniform(-0.3, 0.3)
         center = (radius * math.cos(ang), radius * math.sin(ang), 1.0 + 1.2 * math.sin(3 * ang))
         R, t = _look_at_colmap(center, (0, 0, 0.2))

@@ -383,8 +383,10 @@ def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: Dataset
         else:
             report.dropped.append({"name": v.name, "reason": rec["reason"]})
     val_count = opt.val_count if opt.val_count is not None else default_val_count(len(report.kept))
-    if val_count > len(report.kept):
-        raise DatasetError(f"--val-count {val_count} exceeds the {len(report.kept)} kept views")
+    if val_count > max(0, len(report.kept) - 1):  # keep at least one training view; never fail after the work
+        log.warning("validation count %d lowered to %d: only %d views were kept", val_count,
+                    max(0, len(report.kept) - 1), len(report.kept))
+        val_count = max(0, len(report.kept) - 1)
     split = split_views(report.kept, val_count, opt.seed)
     entries = []
     for v in views:
