@@ -79,6 +79,7 @@ class ReconstructionData:
     rgb8: np.ndarray  # N x 3 uint8 sRGB
     labels: np.ndarray  # N uint8, 255 unknown
     source: str  # "sparse" or "dense"
+    point_ids: np.ndarray | None = None  # N int64 COLMAP point3D ids (sparse), None for dense points
     warnings: list[str] = field(default_factory=list)
 
 
@@ -143,17 +144,52 @@ def find_model(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 # ------------------------------------------------------------------------------------------------ reading
 
+def _walk_records(path: Path, fixed: int, item_size: int, named: bool = False) -> None:
+    """Walk a COLMAP binary file of variable-length records without building them, so a truncated or corrupt file
+    is refused before pycolmap trusts its counts (a garbage track length makes pycolmap allocate for minutes).
+
+    File: uint64 record count, then records of ``fixed`` bytes [+ a NUL-terminated name], a uint64 item count
+    and that many ``item_size``-byte items.
+    """
+    buf = path.read_bytes()
+    size = len(buf)
+    if size < 8:
+        raise ColmapImportError(f"{path} is truncated ({size} bytes): re-export the model from COLMAP")
+    unpack = struct.Struct("<Q").unpack_from
+    (count,) = unpack(buf, 0)
+    off = 8
+    for i in range(count):
+        pos = off + fixed
+        if named:
+            nul = buf.find(b"\0", pos)
+            pos = size + 1 if nul < 0 else nul + 1
+        if pos + 8 > size:
+            raise ColmapImportError(f"{path} is truncated or corrupt: record {i + 1} of {count:,} runs past the "
+                                    f"end of the file ({size:,} bytes). Re-export the model from COLMAP.")
+        (n,) = unpack(buf, pos)
+        off = pos + 8 + n * item_size
+        if off > size:
+            raise ColmapImportError(f"{path} is truncated or corrupt: record {i + 1} of {count:,} declares {n:,} "
+                                    f"entries that run past the end of the file ({size:,} bytes). Re-export the "
+                                    "model from COLMAP.")
+    if off != size:
+        raise ColmapImportError(f"{path} is corrupt: {size - off:,} bytes follow its {count:,} records. "
+                                "Re-export the model from COLMAP.")
+
+
+def _check_binary_files(files: dict[str, Path]) -> None:
+    # images.bin record: id u32, qvec 4 f64, tvec 3 f64, camera id u32 (64 bytes), name NUL, n u64, n x 24 bytes
+    _walk_records(files["images"], fixed=64, item_size=24, named=True)
+    # points3D.bin record: id u64, xyz 3 f64, rgb 3 u8, error f64 (43 bytes), track length u64, n x 8 bytes
+    _walk_records(files["points3D"], fixed=43, item_size=8)
+
+
 def _binary_size_problem(files: dict[str, Path], rec) -> str | None:
-    """Check the exact sizes of cameras.bin and images.bin against what was parsed (pycolmap may read a truncated
-    cameras.bin without complaint, giving zero parameters)."""
+    """cameras.bin's exact size against what was parsed (pycolmap reads a truncated one as zero parameters)."""
     expected = 8 + sum(24 + 8 * len(c.params) for c in rec.cameras.values())
     actual = files["cameras"].stat().st_size
     if actual != expected:
         return f"{files['cameras']} has {actual} bytes but its {len(rec.cameras)} cameras need {expected}"
-    expected = 8 + sum(64 + len(im.name.encode()) + 1 + 8 + 24 * im.num_points2D() for im in rec.images.values())
-    actual = files["images"].stat().st_size
-    if actual != expected:
-        return f"{files['images']} has {actual} bytes but its {len(rec.images)} images need {expected}"
     return None
 
 
@@ -164,6 +200,8 @@ def _load_reconstruction(model_dir: Path):
         raise ColmapImportError("pycolmap is not installed in Blender's Python; install the add-on's wheels "
                                 "(packaging/) or `pip install pycolmap`") from exc
     files = _model_files(model_dir)
+    if files["cameras"].suffix == ".bin":
+        _check_binary_files(files)
     try:
         rec = pycolmap.Reconstruction()
         if files["cameras"].suffix == ".bin":
@@ -220,7 +258,8 @@ def _sparse_points(rec, report: Progress) -> tuple[np.ndarray, np.ndarray, np.nd
         rgb[i] = p.color
         if i % 200_000 == 199_999:
             report(0.1 + 0.3 * i / n, f"reading points {i + 1:,}/{n:,}")
-    return ids, xyz, rgb
+    order = np.argsort(ids, kind="stable")  # a deterministic order: by COLMAP point3D id
+    return ids[order], xyz[order], rgb[order]
 
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -346,7 +385,7 @@ def read_reconstruction(path: str | os.PathLike, *, dense: bool | None = None, u
     if not np.isfinite(xyz).all():
         raise ColmapImportError(f"the {source} point cloud of {model_dir} has non-finite coordinates (corrupt)")
     labels = _labels_for(workspace, source, ids, len(xyz), warnings)
-    return ReconstructionData(model_dir, workspace, cameras, xyz, rgb, labels, source, warnings)
+    return ReconstructionData(model_dir, workspace, cameras, xyz, rgb, labels, source, ids, warnings)
 
 
 def _undistort(model_dir: Path, workspace: Path | None, report: Progress):
@@ -357,6 +396,7 @@ def _undistort(model_dir: Path, workspace: Path | None, report: Progress):
                                 "were not found; undistort with COLMAP yourself and import the result")
     out = workspace / "rerender" / "undistorted"
     report(0.05, f"undistorting photos into {out}")
+    out.mkdir(parents=True, exist_ok=True)
     pycolmap.undistort_images(str(out), str(model_dir), str(workspace / "images"))
     return out / "sparse", out, _load_reconstruction(out / "sparse")
 
@@ -459,7 +499,8 @@ def _build(scene, name: str, data: ReconstructionData, load_images: bool, scale:
     def point_progress(f: float, msg: str) -> None:
         report(0.45 + 0.3 * f, msg)
 
-    cloud = pts.create_point_cloud(f"{name} points", data.xyz, colors, data.labels, top, progress=point_progress)
+    cloud = pts.create_point_cloud(f"{name} points", data.xyz, colors, data.labels, top,
+                                  point_ids=data.point_ids, progress=point_progress)
     created.append((bpy.data.meshes, cloud.data))
     created.append((bpy.data.objects, cloud))
     cloud.parent = root

@@ -24,6 +24,7 @@ import numpy as np
 
 COLOR_ATTR = "rerender_color"
 LABEL_ATTR = "rerender_label"
+POINT_ID_ATTR = "rerender_point_id"  # COLMAP point3D id of each vertex (sparse imports), for per-point label builders
 OBJECT_CLASS_PROP = "rerender_class"
 OBJECT_COLOR_PROP = "rerender_color"
 LABEL_AOV = "rerender_label"
@@ -88,7 +89,8 @@ def ensure_points_node_group():
 
 def _emission_from_attributes(mat, with_label_aov: bool) -> None:
     """Material body: emission = geometry color attribute + object color property; optional label AOV."""
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5: node trees are opt-in (5.0 deprecates use_nodes, always True)
+        mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
     geo_color = nodes.new("ShaderNodeAttribute")
@@ -177,11 +179,11 @@ def set_splat_scale(obj, scale: float) -> None:
 
 
 def create_point_cloud(name: str, xyz: np.ndarray, colors_linear: np.ndarray, labels: np.ndarray | None,
-                       collection, *, progress: Progress | None = None):
+                       collection, *, point_ids: np.ndarray | None = None, progress: Progress | None = None):
     """A point-cloud object: vertices + linear FLOAT_COLOR + INT label attributes + the points modifier.
 
     Arrays: ``xyz`` N x 3 float, ``colors_linear`` N x 3 float in [0, 1] (scene-linear), ``labels`` N ints
-    (255 = unknown; None = all unknown). Everything goes through ``foreach_set`` so millions of points take well
+    (255 = unknown; None = all unknown), ``point_ids`` N ints stored as ``rerender_point_id`` (optional). Everything goes through ``foreach_set`` so millions of points take well
     under a second.
     """
     import bpy
@@ -211,6 +213,11 @@ def create_point_cloud(name: str, xyz: np.ndarray, colors_linear: np.ndarray, la
         mesh.attributes.new(COLOR_ATTR, "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
         report(0.7, "points: labels")
         mesh.attributes.new(LABEL_ATTR, "INT", "POINT").data.foreach_set("value", labels)
+        if point_ids is not None:
+            ids = np.asarray(point_ids).astype(np.int32)
+            if ids.shape != (n,):
+                raise ValueError(f"point ids must have one entry per point ({n}), got {ids.shape}")
+            mesh.attributes.new(POINT_ID_ATTR, "INT", "POINT").data.foreach_set("value", ids)
         mesh.update()
         obj = bpy.data.objects.new(name, mesh)
         obj[POINTS_MARK] = True
