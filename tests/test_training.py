@@ -21,6 +21,15 @@ from rerender.training.vgg import load_vgg19
 from support_dataset import make_dataset
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine run ~10x faster on one thread than fighting over two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data") / "D")
@@ -132,16 +141,21 @@ def test_stage_two_alone_needs_stage_one(dataset, tmp_path, vgg):
 
 # ---- learning, resume, export ------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_training_drives_reconstruction_loss_down(dataset, tmp_path, vgg):
-    cfg = TrainConfig.tiny(load_size=32, crop_size=32, w_gan=0.0, w_vgg=0.0, w_l1=1.0, steps_baseline=150,
-                           batch_size=4, lr=3e-3, checkpoint_every=1000, validate_every=1000, log_every=1)
-    trainer = Trainer(dataset, tmp_path / "run", cfg, method="sem", vgg=vgg, progress=False)
-    trainer.run(max_steps=150)
+    """100 steps of stage 3 (R + Ea) on reconstruction alone: L1 falls far below where it started.
+
+    Ea must carry the lighting (day, dusk, night) for this to work: without a latent the error stays high.
+    """
+    cfg = TrainConfig.tiny(load_size=32, crop_size=32, w_gan=0.0, w_vgg=0.0, w_l1=1.0, steps_stage3=100,
+                           batch_size=4, lr=3e-3, lr_encoder_finetune=3e-3, checkpoint_every=1000,
+                           validate_every=1000)
+    trainer = Trainer(dataset, tmp_path / "run", cfg, method="staged", vgg=vgg, progress=False)
+    trainer.phase_index = trainer.phases.index("finetune")
+    trainer.run(max_steps=100)
     l1 = [json.loads(line)["l1"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     first, last = np.mean(l1[:10]), np.mean(l1[-10:])
-    assert len(l1) == 150
-    assert last < 0.5 * first, f"L1 went from {first:.3f} to {last:.3f}"
+    assert len(l1) == 100
+    assert last < 0.4 * first, f"L1 went from {first:.3f} to {last:.3f}"
 
 
 def test_resume_after_interruption_is_bit_exact(dataset, tmp_path, vgg):
