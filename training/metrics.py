@@ -68,7 +68,7 @@ def vgg_distance(vgg: VGG19Features, a: np.ndarray, b: np.ndarray, feature_scale
     """Perceptual distance (conv1_2 ... conv5_2, weights 1/32 ... 1) between two uint8 images."""
     _check_pair(a, b)
     dev = next(vgg.parameters()).device
-    t = lambda im: (torch.from_numpy(im).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # noqa: E731
+    t = lambda im: (torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 127.5 - 1).to(dev)  # noqa: E731
     return float(perceptual_loss(vgg, t(a), t(b), PAPER_VGG_WEIGHTS, feature_scale))
 
 
