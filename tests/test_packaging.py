@@ -19,7 +19,7 @@ import build_extension  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.blender]
 
-INSTALL_AND_RENDER = r'''
+HIDE_PROJECT = r'''
 import importlib.abc, json, os, sys
 from pathlib import Path
 ext_site = Path(os.environ["BLENDER_USER_RESOURCES"]) / "extensions" / ".local" / "lib" / "python3.11" / "site-packages"
@@ -45,8 +45,12 @@ sys.meta_path.insert(0, OnlyFromExtension())
 for mod in [m for m in sys.modules if m.partition(".")[0] in OnlyFromExtension.guarded]:
     del sys.modules[mod]
 
+'''
+
+INSTALL_AND_RENDER = HIDE_PROJECT + r'''
 import bpy
 result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
+bpy.ops.wm.save_userpref()  # what an admin's `blender --command extension install-file -e` leaves on a worker
 enabled = [k for k in bpy.context.preferences.addons.keys() if k.endswith(".rerender")]
 import zmq, msgpack, pycolmap
 out = {"result": sorted(result), "enabled": enabled,
@@ -79,7 +83,30 @@ while inp.seek_subimage(part, 0):
     out["size"] = [spec.width, spec.height]
     part += 1
 inp.close()
+
+# A shot for the farm: the camera moves over frames 1-3; saved with the point cloud inside the .blend.
+cam = scene.camera
+cam.keyframe_insert("location", frame=1)
+cam.location.x += 0.3
+cam.keyframe_insert("location", frame=3)
+scene.frame_start, scene.frame_end = 1, 3
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[4])
 print("RESULT " + json.dumps(out))
+'''
+
+# What a render-farm worker (Flamenco) runs: `blender -b shot.blend -o OUT -a` with the backend's address in the
+# environment, on a machine that has only Blender and the installed extension.
+FARM_WORKER = HIDE_PROJECT + r'''
+import bpy
+# The bpy module starts from factory settings; the blender executable loads the worker's preferences (and with
+# them its enabled extensions) by itself.
+bpy.ops.wm.read_userpref()
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+scene = bpy.context.scene
+scene.render.filepath = sys.argv[2]
+bpy.ops.render.render(animation=True)
+print("RESULT " + json.dumps({"engine": scene.render.engine,
+                              "enabled": [k for k in bpy.context.preferences.addons.keys() if k.endswith(".rerender")]}))
 '''
 
 
@@ -121,12 +148,18 @@ def test_installed_zip_imports_a_scene_and_renders_without_the_project(linux_zip
     workspace = write_tiny_workspace(tmp_path / "ws", n_points=400)
     script = tmp_path / "install.py"
     script.write_text(INSTALL_AND_RENDER)
-    exr = tmp_path / "frame.exr"
+    exr, blend = tmp_path / "frame.exr", tmp_path / "shot.blend"
     bundle = make_small_bundle(tmp_path / "bundle")
     with BackendProcess(bundle, free_tcp_address()) as backend:
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"), RERENDER_BACKEND=backend.address)
-        proc = subprocess.run([sys.executable, str(script), str(linux_zip), str(workspace.workspace), str(exr)],
-                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        proc = subprocess.run([sys.executable, str(script), str(linux_zip), str(workspace.workspace), str(exr),
+                               str(blend)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        worker = None
+        if blend.is_file():
+            (tmp_path / "worker.py").write_text(FARM_WORKER)
+            frames_dir = tmp_path / "farm"
+            worker = subprocess.run([sys.executable, str(tmp_path / "worker.py"), str(blend), str(frames_dir) + "/"],
+                                    capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(line[len("RESULT "):])
@@ -142,3 +175,11 @@ def test_installed_zip_imports_a_scene_and_renders_without_the_project(linux_zip
     assert out["size"] == [64, 48]
     for pass_name in ("Combined", "Depth", "Albedo", "Label"):
         assert any(pass_name in c for c in out["channels"]), (pass_name, out["channels"])
+
+    # The render-farm path: the saved shot renders frames 1-3 in a fresh worker process.
+    assert worker is not None, "the shot .blend was not saved"
+    line = next((l for l in worker.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert json.loads(line[len("RESULT "):]) == {"engine": "RERENDER", "enabled": ["bl_ext.user_default.rerender"]}
+    frames = sorted(p.name for p in (tmp_path / "farm").iterdir())
+    assert len(frames) == 3, frames
