@@ -22,8 +22,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pycolmap
+
     from rerender.training.reconstruct import ReconstructionError, reconstruct
 
+    if not getattr(args, "verbose", 0):
+        pycolmap.logging.minloglevel = 1  # COLMAP's per-image INFO lines drown the progress bar; -v shows them
     try:
         summary = reconstruct(args.photos, args.out, matcher=args.matcher, vocab_tree=args.vocab_tree,
                               camera_mode=args.camera_mode, max_image_size=args.max_image_size, dense=args.dense,
