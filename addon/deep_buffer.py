@@ -14,8 +14,11 @@ OpenImageIO reads them back.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +44,11 @@ class DeepBufferError(RuntimeError):
 
 
 def _ram_folder() -> Path:
+    """This process's RAM folder for pass files (removed at exit; each render deletes its own files at once)."""
     global _folder
     if _folder is None or not _folder.is_dir():
         _folder = ram_folder("rerender-deep-buffer-")
+        atexit.register(shutil.rmtree, _folder, True)
     return _folder
 
 
@@ -256,7 +261,8 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
     if frame is None:
         frame = scene.frame_current + scene.frame_subframe
     whole = int(np.floor(frame))
-    helper.frame_set(whole, subframe=float(frame) - whole)
+    sub = float(frame) - whole
+    helper.frame_set(whole, subframe=sub)
 
     cam = colmap_from_camera(camera, width, height, aspect)
     if splat_px is None:
@@ -273,7 +279,8 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
     out = helper.compositing_node_group.nodes[OUTPUT_NODE]
     out.directory = str(folder) + os.sep
     out.file_name = token
-    bpy.ops.render.render(scene=helper.name, write_still=False)
+    with _frame_everywhere(bpy.context.scene, scene, frame=whole, subframe=sub):
+        bpy.ops.render.render(scene=helper.name, write_still=False)
     files = sorted(folder.glob(token + "*"))
     try:
         arrays = {}
@@ -287,6 +294,25 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
         for f in files:
             f.unlink(missing_ok=True)
     return _to_deep_buffer(arrays["color"], arrays["depth"], arrays["label"], (height, width))
+
+
+@contextmanager
+def _frame_everywhere(*scenes, frame: int, subframe: float):
+    """Temporarily put the shot scene and the context scene at the frame too.
+
+    Why: the nested render of the helper scene evaluates animation at the *context* scene's frame, not at the
+    helper's (measured with bpy 5.0.1). Plain assignment runs no frame-change handlers; values are restored.
+    """
+    saved = []
+    for s in {id(x): x for x in scenes if x is not None and x.name != HELPER_SCENE}.values():
+        if (s.frame_current, s.frame_subframe) != (frame, subframe):
+            saved.append((s, s.frame_current, s.frame_subframe))
+            s.frame_current, s.frame_subframe = frame, subframe
+    try:
+        yield
+    finally:
+        for s, f, sf in saved:
+            s.frame_current, s.frame_subframe = f, sf
 
 
 def _world_camera(camera, width: int, height: int, aspect):
