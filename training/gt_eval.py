@@ -94,18 +94,6 @@ class GroundTruthReport:
         return "\n".join(lines) if lines else "No ground-truth evaluation could be run (see the JSON for why).\n"
 
 
-def _resize_rgb(photo: np.ndarray, width: int, height: int) -> np.ndarray:
-    if photo.shape[:2] == (height, width):
-        return photo
-    return np.asarray(Image.fromarray(photo).resize((width, height), Image.LANCZOS))
-
-
-def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
-    if labels.shape[:2] == (height, width):
-        return labels
-    return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
-
-
 def _scores(output: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"psnr": metrics.psnr(output, truth), "l1": metrics.l1_255(output, truth),
             "ssim": metrics.ssim(output, truth)}
@@ -120,14 +108,18 @@ def _relabelled(buffer: DeepBuffer, labels: np.ndarray) -> DeepBuffer:
 
 
 def synthetic_truth(collection: Path | str) -> TruthRenderer:
-    """A TruthRenderer backed by the generator (bpy): renders at the collection's size, resized to the view's."""
+    """A TruthRenderer backed by the generator (bpy), rendering at the requested size; repeated requests are cached."""
     from .synthetic import load_collection, render_view
 
     info = load_collection(Path(collection))
 
+    cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
     def truth(camera: str, appearance: str, transients: bool, width: int, height: int):
-        photo, labels = render_view(info, camera, appearance, transients=transients)
-        return _resize_rgb(photo, width, height), _resize_labels(labels, width, height)
+        key = (camera, appearance, transients, width, height)
+        if key not in cache:  # rendered at the view's size (intrinsics rescaled): no resampling, fewer pixels
+            cache[key] = render_view(info, camera, appearance, transients=transients, width=width, height=height)
+        return cache[key]
 
     return truth
 

@@ -288,10 +288,10 @@ class Demo:
         from .backend_process import ServeProcess
         from .shot import render_frames
 
-        device = self.o.device if self.o.device != "auto" else "auto"
-        with ServeProcess(self.bundle, device=device, log_path=self.out / "logs" / "serve.log") as serve:
-            self.echo(f"backend: {serve.address} ({serve.info.get('device', '?')}, model "
-                      f"{serve.info.get('model', {}).get('name', '?') if isinstance(serve.info.get('model'), dict) else serve.info.get('model', '?')})")
+        with ServeProcess(self.bundle, device=self.o.device, log_path=self.out / "logs" / "serve.log") as serve:
+            model = serve.info.get("model")
+            name = model.get("bundle", model.get("name", "?")) if isinstance(model, dict) else model
+            self.echo(f"backend: {serve.address} on {serve.info.get('device', '?')}, model {name}")
             with tqdm(total=self.p.frames, desc="frames", unit="frame", disable=not self.o.progress) as bar:
                 def progress(done: int, total: int, seconds: float) -> None:
                     bar.n = done
