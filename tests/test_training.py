@@ -220,3 +220,19 @@ def test_train_command_end_to_end_and_bad_input(dataset, tmp_path):
     rc = main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "r3"), "--config", str(cfg),
                "--set", "bogus=1"])
     assert rc == 2
+
+
+def test_stages_run_one_by_one_from_the_command(dataset, tmp_path):
+    from rerender.commands import main
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TrainConfig.tiny(steps_stage1=1, steps_stage2=1, steps_stage3=1,
+                                               triplet_margin=10.0).to_json()))
+    common = ["--dataset", str(dataset), "--out", str(tmp_path / "run"), "--config", str(cfg), "--no-export"]
+    assert main(["train", "--stage", "2", *common]) == 2  # stage 2 before stage 1: refused with advice
+    assert main(["train", "--stage", "1", *common]) == 0
+    assert main(["train", "--stage", "2", *common]) == 0
+    assert main(["train", "--stage", "3", *common]) == 0
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["completed"] == ["appearance", "rerender", "finetune"]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(x["phase"], x["global_step"]) for x in lines] == [("appearance", 1), ("rerender", 2), ("finetune", 3)]

@@ -501,6 +501,7 @@ class Trainer:
         if self.ema_E is not None:
             self.ema_E.load_state_dict(state["ema"]["E"])
         self.completed = list(state["completed"])
+        self.global_step = int(state["global_step"])  # a later stage continues the run's step count and log
         if networks_only:
             return
         if tuple(state["phases"]) != tuple(self.phases):
@@ -510,7 +511,6 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][k])
         self.sampler.load_state_dict(state["sampler"])
         self.phase_index, self.phase_step = int(state["phase_index"]), int(state["phase_step"])
-        self.global_step = int(state["global_step"])
         if self.ctx.is_main:
             _truncate_log(self.out / "log.jsonl", self.global_step)
 
