@@ -188,4 +188,18 @@ def test_operator_imports_and_reports_errors(tmp_path, scene):
         assert _datablock_counts() == before
     finally:
         ci.unregister()
-    assert not hasattr(bpy.ops.rerender, "import_colmap") or "import_colmap" not in dir(bpy.ops.rerender)
+    assert not hasattr(bpy.types, "RERENDER_OT_import_colmap")
+
+
+def test_documented_one_liner_enables_the_import_operator(tmp_path, scene):
+    """docs/addon-rasterizer.md: the add-on's own register() (the installed extension's code path) in bpy."""
+    import addon_utils
+
+    ws = write_tiny_workspace(tmp_path / "ws", n_points=N).workspace
+    addon_utils.enable("rerender.addon", default_set=True)
+    try:
+        assert bpy.ops.rerender.import_colmap(directory=str(ws), load_images=False) == {"FINISHED"}
+        assert "ws photos" in bpy.data.collections
+    finally:
+        addon_utils.disable("rerender.addon", default_set=True)
+    assert not hasattr(bpy.types, "RERENDER_OT_import_colmap")
