@@ -222,13 +222,13 @@ def _flat_material(name, color, roughness, *, object_color=False, emission=None)
 
 def _make_materials() -> dict:
     return {
-        "stone": _brick_material("stone", "wall", (0.74, 0.69, 0.6), (0.64, 0.6, 0.52), (0.5, 0.48, 0.44), 0.9, 0.36, 0.8),
+        "stone": _brick_material("stone", "wall", (0.52, 0.47, 0.4), (0.42, 0.38, 0.32), (0.3, 0.28, 0.25), 0.9, 0.36, 0.8),
         "slate": _brick_material("slate", "wall", (0.16, 0.18, 0.22), (0.22, 0.22, 0.25), (0.1, 0.1, 0.12), 0.5, 0.25,
                                  0.6),
         "paving": _brick_material("paving", "floor", (0.5, 0.47, 0.43), (0.42, 0.4, 0.37), (0.3, 0.29, 0.27), 0.6, 0.3,
                                   0.85, variation=(0.6, 1.3), var_scale=0.08),
         "copper": _noise_material("copper", (0.2, 0.45, 0.38), (0.32, 0.28, 0.18), 0.6, 0.45, 0.3),
-        "marble": _noise_material("marble", (0.86, 0.84, 0.8), (0.62, 0.6, 0.58), 1.5, 0.3),
+        "marble": _noise_material("marble", (0.6, 0.58, 0.55), (0.4, 0.38, 0.36), 1.5, 0.65),
         "asphalt": _noise_material("asphalt", (0.06, 0.06, 0.065), (0.14, 0.14, 0.15), 3.0, 0.9),
         "grass": _noise_material("grass", (0.08, 0.22, 0.04), (0.2, 0.36, 0.08), 0.8, 0.95, variation=(0.6, 1.3)),
         "bark": _noise_material("bark", (0.15, 0.1, 0.06), (0.28, 0.2, 0.12), 8.0, 0.9),

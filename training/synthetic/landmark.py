@@ -33,7 +33,7 @@ DEFAULT_LANDMARK: dict[str, float] = {
     "tower_size": 5.5, "tower_height": 25.0, "tower_roof": 6.0,
     "dome_radius": 6.5, "drum_height": 4.0,
     "column_count": 6, "column_height": 9.0, "column_radius": 0.55,
-    "road_near_y": -16.0, "road_far_y": -22.0,
+    "road_near_y": -24.0, "road_far_y": -30.0,
 }
 
 

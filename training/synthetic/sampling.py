@@ -42,7 +42,7 @@ def sample_camera(seed: int, index: int, width: int, height: int,
         center = (distance * np.sin(azimuth), -distance * np.cos(azimuth), rng.uniform(*HEIGHT_RANGE_M))
         if all(np.hypot(center[0] - x, center[1] - y) > r for x, y, r in blocked):
             break
-    target = (rng.normal(0.0, 3.0), rng.normal(-3.0, 2.0), rng.uniform(7.0, 15.0))
+    target = (rng.normal(0.0, 3.0), rng.normal(-3.0, 2.0), rng.uniform(4.0, 11.0))
     focal = rng.uniform(*FOCAL_RANGE_MM)
     roll = float(np.clip(rng.normal(0.0, ROLL_STD_DEG), -4.0, 4.0))
     return make_camera(photo_name(index), center, target, focal_mm=focal, width=width, height=height, roll_deg=roll)
@@ -81,13 +81,13 @@ def sample_appearance(seed: int, index: int, kind: str) -> Appearance:
                   lamp_color=[1.0, float(u(0.62, 0.78)), float(u(0.35, 0.5))])
     if kind == "day":
         warm = u(0.0, 0.08)
-        a = dict(sun_elevation_deg=u(22.0, 65.0), sun_azimuth_deg=azimuth, sun_strength=u(2.2, 3.2),
-                 sun_color=[1.0, 1.0 - warm, 1.0 - 2 * warm], sun_angle_deg=0.6, sky_strength=0.3,
+        a = dict(sun_elevation_deg=u(20.0, 58.0), sun_azimuth_deg=azimuth, sun_strength=u(2.2, 3.2),
+                 sun_color=[1.0, 1.0 - warm, 1.0 - 2 * warm], sun_angle_deg=0.6, sky_strength=u(0.08, 0.15),
                  cloud_cover=u(0.0, 0.35), cloud_color=[0.8, 0.82, 0.85], night_lights=0.0,
                  fog_color=[0.78, 0.8, 0.83])
     elif kind == "sunset":
         a = dict(sun_elevation_deg=u(2.0, 9.0), sun_azimuth_deg=azimuth, sun_strength=u(2.0, 3.0),
-                 sun_color=[1.0, u(0.5, 0.68), u(0.25, 0.4)], sun_angle_deg=1.0, sky_strength=0.45,
+                 sun_color=[1.0, u(0.5, 0.68), u(0.25, 0.4)], sun_angle_deg=1.0, sky_strength=u(0.15, 0.3),
                  cloud_cover=u(0.0, 0.3), cloud_color=[0.9, 0.65, 0.5], night_lights=float(u(0.0, 0.3)),
                  fog_color=[0.85, 0.7, 0.6])
         common["aerosol_density"] = float(u(1.5, 4.0))
