@@ -18,9 +18,10 @@ import time
 
 import bpy
 import numpy as np
+import zmq
 
-from . import connection, properties
-from ._bridge import DeepBuffer, srgb8_to_linear, srgb_to_linear
+from . import batch, connection, properties
+from ._bridge import DeepBuffer, bridge, srgb8_to_linear, srgb_to_linear
 from .deep_buffer import DeepBufferError, render_deep_buffer
 from .preferences import backend_settings
 
@@ -36,8 +37,12 @@ EXTRA_PASSES: dict[str, tuple[int, str, str]] = {
 }
 
 
+BREAK_POLL_S = 0.1  # while waiting for the backend, Esc is checked this often
+
 # Seconds spent in each step of the last frame rendered by this process (the stats line and benchmarks read it).
 last_frame_timings: dict[str, float] = {}
+# frame -> the latent sent to the backend for it, in this process (tests check it against the F-curves).
+last_latents: dict[int, np.ndarray] = {}
 
 
 class FrameError(RuntimeError):
@@ -108,6 +113,17 @@ def _deep_buffer(scene: bpy.types.Scene, camera: bpy.types.Object, size: tuple[i
         return render_deep_buffer(scene, camera, resolution=size, splat_px=properties.splat_px(scene))
 
 
+def _evaluate_at(scene: bpy.types.Scene, frame: int) -> None:
+    """Re-evaluate the helper scene at ``frame`` after prefetching later frames, so the linked camera (whose
+    original data the nested render updated to a later frame) is back where this frame has it."""
+    from .deep_buffer import HELPER_SCENE
+
+    helper = bpy.data.scenes.get(HELPER_SCENE)
+    if helper is not None:
+        with bpy.context.temp_override(scene=scene):
+            helper.frame_set(frame, subframe=scene.frame_subframe)
+
+
 class RerenderEngine(bpy.types.RenderEngine):
     """Neural Rerender: EEVEE deep buffer → backend network → Combined + Depth/Albedo/Label/Mask passes."""
 
@@ -135,7 +151,11 @@ class RerenderEngine(bpy.types.RenderEngine):
             raise
 
     def _fail(self, scene: bpy.types.Scene, message: str) -> None:
+        batch.pipeline.clear()
         message = f"Neural Rerender, frame {scene.frame_current}: {message}"
+        if self.is_animation:
+            message += (f" The frames before {scene.frame_current} are saved; to resume at the first missing frame, "
+                        "turn off Output > Overwrite and render the animation again.")
         self.report({"ERROR"}, message)
         self.error_set(message)
 
@@ -145,52 +165,105 @@ class RerenderEngine(bpy.types.RenderEngine):
         if camera is None:
             raise FrameError("the scene has no active camera: add one or import a reconstruction, then set it "
                              "active (Scene properties > Camera)")
+        camera_eval = camera.evaluated_get(depsgraph) if depsgraph is not None else camera
         camera = camera.original
         size = (int(self.resolution_x), int(self.resolution_y))
+        frame = scene.frame_current
         settings = backend_settings()
+        ahead = batch.lookahead(scene) if self.is_animation else 0
 
-        timings = {}
-        self._progress(0.0, "connecting to the backend")
+        timings = {"deep_buffer": 0.0, "prefetch": 0.0}
+        self._progress(0.0, "connecting to the backend", scene)
         client, info = connection.engine_client(settings)
+        batch.pipeline.bind(client)
         timings["connect"] = time.perf_counter() - started
         expected = connection.describe_hello(info)[2]
         latent, warning = frame_latent(depsgraph.scene_eval, expected)
         if warning:
             self.report({"WARNING"}, warning)
         if self.test_break():
-            return
+            return self._cancelled()
 
-        self._progress(0.1, f"rasterizing points {size[0]}×{size[1]}")
-        step = time.perf_counter()
-        buffer = _deep_buffer(scene, camera, size)
-        timings["deep_buffer"] = time.perf_counter() - step
-        if buffer.shape != (size[1], size[0]):
-            raise FrameError(f"the deep buffer is {buffer.shape[1]}×{buffer.shape[0]}, the render {size[0]}×"
-                             f"{size[1]}: check the resolution percentage and the camera's pixel aspect")
-        if self.test_break():
-            return
-
-        self._progress(0.5, "rerendering on the backend")
-        step = time.perf_counter()
+        key = (scene.name, camera.name, size, properties.splat_px(scene))
+        entry = batch.pipeline.take(frame, key, batch.camera_signature(camera_eval), latent)
         try:
-            image = client.rerender(buffer, latent)
+            if entry is None:
+                self._progress(0.1, f"rasterizing points {size[0]}×{size[1]}", scene)
+                step = time.perf_counter()
+                buffer = _deep_buffer(scene, camera, size)
+                timings["deep_buffer"] = time.perf_counter() - step
+                self._check_size(buffer, size)
+                request_id = client.submit_rerender(buffer, latent)
+            else:
+                buffer, request_id = entry.buffer, entry.request_id
+            if self.test_break():
+                client.cancel(request_id)
+                return self._cancelled()
+
+            step = time.perf_counter()
+            for ahead_frame in batch.frames_ahead(scene, frame, ahead):
+                if ahead_frame in batch.pipeline.frames:
+                    continue
+                self._progress(0.3, f"rasterizing frame {ahead_frame} while the backend works on {frame}", scene)
+                batch.pipeline.put(self._prefetch(client, scene, camera, ahead_frame, size, latent, key))
+                if self.test_break():
+                    client.cancel(request_id)
+                    return self._cancelled()
+            if batch.pipeline.frames:
+                _evaluate_at(scene, frame)  # leave the linked camera as this frame has it
+            timings["prefetch"] = time.perf_counter() - step
+
+            self._progress(0.5, "rerendering on the backend", scene)
+            step = time.perf_counter()
+            image = None
+            while image is None:  # short slices so Esc is honoured while the backend works
+                image = client.collect_image(request_id, wait=BREAK_POLL_S)
+                if image is None and self.test_break():
+                    client.cancel(request_id)
+                    return self._cancelled()
             timings["backend"] = time.perf_counter() - step
-        except Exception as exc:  # noqa: BLE001 - translated for the artist below
+        except (bridge.errors.BridgeError, zmq.ZMQError) as exc:  # the backend's failures, told to the artist
+            batch.pipeline.clear()
             connection.engine_link.invalidate()
             raise connection.BackendProblem(connection.explain(exc, settings)) from exc
         if self.test_break():
-            return
+            return self._cancelled()
 
-        self._progress(0.9, "writing passes")
+        self._progress(0.9, "writing passes", scene)
         step = time.perf_counter()
         pixels = pass_pixels(buffer, image_to_linear(image), transparent=scene.render.film_transparent)
         self._write_result(pixels, size, depsgraph.view_layer.name)
         timings["write_passes"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
+        timings["prefetched"] = float(entry is not None)
         last_frame_timings.clear()
         last_frame_timings.update(timings)
-        self._progress(1.0, f"done in {timings['total']:.2f} s (points {timings['deep_buffer']:.2f} s, "
-                            f"network {timings['backend']:.2f} s)")
+        last_latents[frame] = latent.copy()
+        batch.clock.frame_done()
+        self._progress(1.0, f"frame {frame} done in {timings['total']:.2f} s (points {timings['deep_buffer']:.2f} s"
+                            f"{', prefetched' if entry is not None else ''}, network {timings['backend']:.2f} s)",
+                       scene)
+
+    def _prefetch(self, client, scene: bpy.types.Scene, camera: bpy.types.Object, frame: int,
+                  size: tuple[int, int], latent_now: np.ndarray, key: tuple) -> batch.Prefetched:
+        """Rasterize ``frame`` ahead of time and submit it (the pipelining of issue 6, item 5)."""
+        with bpy.context.temp_override(scene=scene):
+            buffer = render_deep_buffer(scene, camera, frame=frame, resolution=size,
+                                        splat_px=properties.splat_px(scene))
+        self._check_size(buffer, size)
+        signature = batch.camera_signature(camera)  # the nested render evaluated the camera at ``frame``
+        latent = batch.latent_at(scene, frame, latent_now) if latent_now.size else latent_now
+        return batch.Prefetched(frame, client.submit_rerender(buffer, latent), buffer, latent, signature, key)
+
+    @staticmethod
+    def _check_size(buffer: DeepBuffer, size: tuple[int, int]) -> None:
+        if buffer.shape != (size[1], size[0]):
+            raise FrameError(f"the deep buffer is {buffer.shape[1]}×{buffer.shape[0]}, the render {size[0]}×"
+                             f"{size[1]}: check the resolution percentage and the camera's pixel aspect")
+
+    def _cancelled(self) -> None:
+        """Esc: forget the frames at the backend (their replies are dropped) and write nothing."""
+        batch.pipeline.clear()
 
     def _write_result(self, pixels: dict[str, np.ndarray], size: tuple[int, int], view_layer: str) -> None:
         for name, (channels, chan_id, _kind) in EXTRA_PASSES.items():
@@ -207,8 +280,11 @@ class RerenderEngine(bpy.types.RenderEngine):
             raise
         self.end_result(result)
 
-    def _progress(self, fraction: float, what: str) -> None:
+    def _progress(self, fraction: float, what: str, scene: bpy.types.Scene | None = None) -> None:
+        """Progress bar and stats line; in an animation the line leads with the frame count and remaining time."""
         self.update_progress(fraction)
+        if scene is not None and self.is_animation:
+            what = f"{batch.progress_line(scene, scene.frame_current)} | {what}"
         self.update_stats("Neural Rerender", what)
 
 
@@ -227,6 +303,7 @@ def _compatible_panels() -> list[type]:
 
 
 def register() -> None:
+    batch.register()  # the batch settings and job handlers belong to the engine (addon/__init__ lists modules)
     bpy.utils.register_class(RerenderEngine)
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.add(ENGINE_ID)
@@ -237,3 +314,4 @@ def unregister() -> None:
         panel.COMPAT_ENGINES.discard(ENGINE_ID)
     connection.engine_link.invalidate()
     bpy.utils.unregister_class(RerenderEngine)
+    batch.unregister()

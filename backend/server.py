@@ -74,9 +74,14 @@ class Server:
 
     def __init__(self, runtime: Any | None, address: str, *, max_batch: int = 8, batch_window_s: float = 0.002,
                  max_queue: int = 64, limits: Limits = DEFAULT_LIMITS, precision: str = "auto",
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, simulate_latency_s: float = 0.0) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
+        if not 0.0 <= simulate_latency_s <= 60.0:
+            raise ValueError(f"simulate_latency_s must be between 0 and 60 seconds, got {simulate_latency_s}")
+        # A testing/benchmark aid: every forward pass of the worker takes at least this long, so a CPU machine can
+        # stand in for a backend whose GPU work takes a known time (the pipelining benchmark needs one).
+        self.simulate_latency_s = float(simulate_latency_s)
         self.runtime = runtime
         self.address = address
         self.max_batch = max_batch
@@ -175,7 +180,9 @@ class Server:
             return f"listening on {self.bound_address or self.address}, transport only (no model: echo and hello)"
         return (f"listening on {self.bound_address or self.address}, device {self._info.get('device')} "
                 f"({self.precision}), model {self._model_name()!r} "
-                f"(latent {self._info.get('latent_size')}), micro-batches of up to {self.max_batch}")
+                f"(latent {self._info.get('latent_size')}), micro-batches of up to {self.max_batch}"
+                + (f", SIMULATED latency {self.simulate_latency_s * 1000:g} ms per forward pass"
+                   if self.simulate_latency_s else ""))
 
     # ------------------------------------------------------------------------------------------ I/O thread
     def _on_request(self, frames: list) -> None:
@@ -340,6 +347,8 @@ class Server:
         started = time.monotonic()
         try:
             results = self._compute(op, [p for _, p in prepared], prepared[0][0].params)
+            if self.simulate_latency_s > 0:
+                time.sleep(max(0.0, self.simulate_latency_s - (time.monotonic() - started)))
         except Exception as exc:
             if len(prepared) > 1:  # find out which request breaks the model; the others still get answers
                 log.warning("batch of %d %s requests failed (%s); retrying one by one", len(prepared), op, exc)

@@ -1,7 +1,8 @@
 """The bridge client: what the Blender add-on (and scripts, and the benchmark) use to talk to a backend.
 
 One DEALER socket; every request carries an id and replies are matched by it, so many frames can be in flight
-(:meth:`Client.rerender_many` keeps N in flight and yields results in order). Nothing waits forever: every call
+(:meth:`Client.rerender_many` keeps N in flight and yields results in order; :meth:`Client.submit` /
+:meth:`Client.collect` send and receive in separate calls, for a caller that works between the two). Nothing waits forever: every call
 has a timeout and raises :class:`~.errors.BackendUnavailable` when no backend answers in time.
 
 Backend restarts: ZeroMQ reconnects by itself, but requests that were inside the dead process are gone. The client
@@ -76,6 +77,10 @@ class Client:
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
+        self._async: OrderedDict[int, _Request] = OrderedDict()  # submitted, unanswered: id -> request
+        self._ready: dict[int, Message] = {}                       # answered, not yet collected
+        self._async_progress = time.monotonic()
+        self._async_reconnects_left = self.reconnects
         self._open()
 
     # ------------------------------------------------------------------------------------------ lifetime
@@ -180,6 +185,97 @@ class Client:
                            np.array(reply.arrays.get(f"thumbnail.{i}", np.zeros((0, 0, 3), np.uint8))))
                 for i, name in enumerate(names)]
 
+    # ------------------------------------------------------------------------------------- async API
+    def submit(self, op: str, params: dict[str, Any] | None = None,
+               arrays: dict[str, np.ndarray] | None = None) -> int:
+        """Send one request without waiting; returns its id for :meth:`collect`.
+
+        Why: the render engine rasterizes frame N+1 with EEVEE while the backend works on frame N, and each
+        ``render()`` call must hand back its own frame, so sending and receiving have to be separate calls. The
+        request is kept until collected or cancelled, so a backend that drops the connection gets it re-sent,
+        exactly like :meth:`pipeline` does."""
+        if not self._async:
+            self._backend_dropped()  # connection events from before: nothing of ours was lost then
+            self._async_progress = time.monotonic()
+        request_id = next(self._ids)
+        request = _Request(len(self._async), op, params or {}, arrays or {})
+        self._send(request_id, request)
+        self._async[request_id] = request
+        return request_id
+
+    def submit_rerender(self, buffer: DeepBuffer, latent: np.ndarray, *, output: str = "uint8",
+                        depth_dtype: str = "float16") -> int:
+        """:meth:`submit` of one ``rerender`` request (deep buffer + latent); collect the image with
+        :meth:`collect_image`."""
+        return self.submit("rerender", {"output": output},
+                           {**buffer_to_wire(buffer, depth_dtype), "latent": _as_latent(latent)})
+
+    @property
+    def submitted(self) -> tuple[int, ...]:
+        """Ids submitted and not yet collected or cancelled, oldest first."""
+        return tuple(self._async) + tuple(i for i in self._ready if i not in self._async)
+
+    def cancel(self, request_id: int) -> None:
+        """Forget a submitted request: its reply, when it comes, is dropped. Unknown ids are ignored."""
+        self._async.pop(request_id, None)
+        self._ready.pop(request_id, None)
+
+    def collect(self, request_id: int, wait: float | None = None) -> Message | None:
+        """The reply to a submitted request, or None if it has not arrived within ``wait`` seconds.
+
+        ``wait=None`` blocks until the reply comes. Short waits let a caller poll (Blender's Esc between slices).
+        Whatever ``wait`` is, when no reply of any submitted request has arrived for ``self.timeout`` seconds,
+        raises :class:`BackendUnavailable` (and forgets every submitted request: their ids are in ``pending``).
+        When the backend drops the connection, all unanswered submitted requests are re-sent on a fresh socket
+        (at most ``reconnects`` times in a row without a reply). An error reply raises its RemoteError."""
+        if request_id not in self._async and request_id not in self._ready:
+            raise KeyError(f"request {request_id} was never submitted on this client, or was already collected "
+                           "or cancelled")
+        slice_end = None if wait is None else time.monotonic() + max(0.0, wait)
+        while request_id not in self._ready:
+            now = time.monotonic()
+            remaining = self.timeout - (now - self._async_progress)
+            if remaining <= 0:
+                lost = tuple(self._async)
+                self._async.clear()
+                self._ready.clear()
+                self._reopen()  # drop whatever the dead/hung peer may still send
+                raise BackendUnavailable(self.address, self.timeout, f"{len(lost)} submitted request(s) unanswered",
+                                         pending=lost)
+            if slice_end is not None:
+                if now >= slice_end:
+                    return None
+                remaining = min(remaining, slice_end - now)
+            events = dict(self._poller().poll(max(1, int(remaining * 1000))))
+            if self._monitor in events and self._backend_dropped() and self._async:
+                if self._async_reconnects_left <= 0:
+                    lost = tuple(self._async)
+                    self._async.clear()
+                    self._ready.clear()
+                    self._reopen()
+                    raise BackendUnavailable(self.address, self.timeout,
+                                             "the backend dropped the connection repeatedly", pending=lost)
+                self._async_reconnects_left -= 1
+                self._resend_after_drop(self._async)
+                self._async_progress = time.monotonic()
+                continue
+            if self._socket in events:
+                message = self._receive()
+                if message is not None and message.id in self._async:
+                    del self._async[message.id]
+                    self._ready[message.id] = message
+                    self._async_progress = time.monotonic()
+                    self._async_reconnects_left = self.reconnects
+        reply = self._ready.pop(request_id)
+        if not reply.ok:
+            raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op)
+        return reply
+
+    def collect_image(self, request_id: int, wait: float | None = None) -> np.ndarray | None:
+        """:meth:`collect` of a ``rerender`` request: the sRGB image, or None if not there within ``wait``."""
+        reply = self.collect(request_id, wait)
+        return None if reply is None else reply.arrays["image"]
+
     # ------------------------------------------------------------------------------------------ engine
     def _call(self, op: str, params: dict[str, Any] | None = None,
               arrays: dict[str, np.ndarray] | None = None) -> Message:
@@ -190,6 +286,9 @@ class Client:
         messages in request order. Error replies raise the matching RemoteError subclass."""
         if in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        if self._async or self._ready:
+            raise RuntimeError(f"{len(self.submitted)} submitted request(s) are not collected yet: collect() or "
+                               "cancel() them before a blocking call on the same client (or use a second Client)")
         source = (_Request(i, r["op"], r.get("params", {}), r.get("arrays", {})) for i, r in enumerate(requests))
         self._backend_dropped()  # forget connection events from before this call: nothing of ours was lost
         pending: OrderedDict[int, _Request] = OrderedDict()  # request id -> request, in send order

@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long the worker waits for more requests to batch with the first one")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="queued model requests beyond this are answered `overloaded`")
+    parser.add_argument("--simulate-latency-ms", type=float, default=0.0, metavar="MS",
+                        help="testing/benchmark aid: make every forward pass take at least MS milliseconds, "
+                             "as a slower GPU would (0 = off; never use it in production)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         server = Server(runtime, args.address, max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
-                        max_queue=args.max_queue, precision=args.precision)
+                        max_queue=args.max_queue, precision=args.precision,
+                        simulate_latency_s=args.simulate_latency_ms / 1000)
         server.bind()
     except (OSError, ValueError) as exc:
         print(f"rerender serve: {exc}", file=sys.stderr)
