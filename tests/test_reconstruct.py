@@ -101,3 +101,17 @@ def test_photos_that_do_not_register_give_a_clear_error_and_keep_the_database(tm
     assert (tmp_path / "ws" / "database.db").is_file()
     summary = json.loads((tmp_path / "ws" / "rerender" / "reconstruction.json").read_text())
     assert sorted(summary["unregistered"]) == [f"n{i}.png" for i in range(4)]
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_collapsed_models_are_recognised_as_degenerate(sfm):
+    from rerender.training.reconstruct import is_degenerate
+
+    _, ws, _ = sfm
+    rec = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    assert not is_degenerate(rec)
+    rng = np.random.default_rng(0)
+    for pid in rec.point3D_ids():  # what a bad initial pair produced on real photos: every point at one spot
+        rec.point3D(pid).xyz = np.array([1.0, 2.0, 3.0]) + 1e-6 * rng.random(3)
+    assert is_degenerate(rec)

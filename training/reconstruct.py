@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 EXHAUSTIVE_LIMIT = 200
 MIN_PHOTOS = 3
+MAPPING_ATTEMPTS = 3
 
 
 class ReconstructionError(RuntimeError):
@@ -55,6 +56,7 @@ class ReconstructionSummary:
     dense_points: int = 0
     dense_note: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_text(self) -> str:
         lines = [f"registered {self.registered} of {self.photos_found - len(self.photos_unreadable)} readable photos"
@@ -69,6 +71,7 @@ class ReconstructionSummary:
         for bad in self.photos_unreadable[:20]:
             lines.append(f"unreadable: {bad['name']} ({bad['reason']})")
         lines.append(f"dense cloud: {self.dense_points} points" if self.dense else f"dense cloud: none — {self.dense_note}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -119,6 +122,21 @@ def _run_cancellable(fn: Callable, *args, **kwargs):
     return result.get("value")
 
 
+def is_degenerate(model) -> bool:
+    """True for a model whose points collapsed onto one spot while its cameras are spread out.
+
+    Seen on real tourist photos (pycolmap 4.2.1): a bad initial pair gives 1,000+ "points" within 1e-4 units of
+    each other and a sub-pixel reprojection error; only the geometry reveals it.
+    """
+    xyz = np.array([p.xyz for p in model.points3D.values()])
+    centers = np.array([model.image(i).projection_center() for i in model.reg_image_ids()])
+    if len(xyz) < 2 or len(centers) < 2:
+        return False
+    point_extent = np.linalg.norm(np.percentile(xyz, 90, 0) - np.percentile(xyz, 10, 0))
+    camera_extent = np.linalg.norm(centers.max(0) - centers.min(0))
+    return point_extent < 1e-3 * max(camera_extent, 1e-12)
+
+
 def choose_matcher(n_photos: int, requested: str, vocab_tree: Path | None) -> str:
     if requested != "auto":
         if requested == "vocabtree" and vocab_tree is None:
@@ -163,12 +181,16 @@ def reconstruct(photos: str | Path, workspace: str | Path, *, matcher: str = "au
     method = choose_matcher(len(names), matcher, vt)
     stages = tqdm(total=5 if dense != "off" else 4, desc="reconstruct", unit="stage", disable=not progress)
 
+    done_stages: set[str] = set()
+
     def stage(label: str, fn: Callable, *args, **kwargs):
         stages.set_postfix_str(label)
         t0 = time.perf_counter()
         out = _run_cancellable(fn, *args, **kwargs)
-        summary.seconds[label] = round(time.perf_counter() - t0, 2)
-        stages.update(1)
+        summary.seconds[label] = round(summary.seconds.get(label, 0.0) + time.perf_counter() - t0, 2)
+        if label not in done_stages:
+            done_stages.add(label)
+            stages.update(1)
         return out
 
     reader = pycolmap.ImageReaderOptions()
@@ -191,11 +213,22 @@ def reconstruct(photos: str | Path, workspace: str | Path, *, matcher: str = "au
     else:
         raise ReconstructionError(f"unknown matcher {method!r}; use auto, exhaustive, vocabtree, spatial or sequential")
 
-    distorted = ws / "distorted" / "sparse"
-    if distorted.exists():
-        shutil.rmtree(distorted)  # a model from an earlier run must not mix with this one
-    distorted.mkdir(parents=True)
-    models = stage("mapping", pycolmap.incremental_mapping, db, photos, distorted) or {}
+    distorted = ws / "distorted" / "sparse"  # emptied before each mapping: no model of an earlier run mixes in
+    models = {}
+    for attempt in range(MAPPING_ATTEMPTS):
+        if distorted.exists():
+            shutil.rmtree(distorted)
+        distorted.mkdir(parents=True)
+        options = pycolmap.IncrementalPipelineOptions()
+        options.random_seed = attempt  # a fixed seed per attempt: reruns are reproducible
+        models = stage("mapping", pycolmap.incremental_mapping, db, photos, distorted, options) or {}
+        bad = [k for k, m in models.items() if is_degenerate(m)]
+        if not bad:
+            break
+        log.warning("mapping attempt %d gave a degenerate model (all points at one spot); retrying", attempt + 1)
+        summary.warnings.append(f"mapping attempt {attempt + 1} was degenerate")
+        if attempt == MAPPING_ATTEMPTS - 1:
+            models = {k: m for k, m in models.items() if k not in bad}
     summary.models_found = len(models)
     if not models:
         summary.unregistered = names
