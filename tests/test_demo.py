@@ -129,8 +129,8 @@ def test_cli_rejects_bad_numbers_and_missing_cuda(tmp_path):
 BLEND_CHECK = textwrap.dedent("""
     import json, sys
     import bpy, addon_utils
+    addon_utils.enable("rerender.addon", default_set=True)  # first, as an artist's Blender has it
     bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
-    addon_utils.enable("rerender.addon", default_set=True)
     scene = bpy.data.scenes["Rerender demo"]
     action = scene.animation_data.action if scene.animation_data else None
     curves = []
