@@ -223,3 +223,42 @@ def test_tiny_demo_runs_end_to_end_and_every_output_is_sane(tmp_path):
     again = rerender_cli("demo", "--size", "tiny", "--out", str(out), "--no-progress", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already done") == 8
+
+
+def test_camera_accuracy_sees_through_a_similarity_and_catches_a_fold(tmp_path):
+    """SfM's frame is arbitrary (rotation, scale, shift): aligned, true cameras give ~0 error; a folded arc does not."""
+    import pycolmap
+
+    from rerender.training.demo.pipeline import camera_accuracy
+    from rerender.training.synthetic import plan_collection
+    from rerender.training.synthetic.collection import _write_ground_truth
+
+    info = plan_collection(8, width=64, height=48, seed=3)
+    info.root = tmp_path / "collection"
+    _write_ground_truth(info)
+
+    def workspace(name: str, fold: bool) -> Path:
+        angle = 0.7
+        S = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        scale, shift = 0.25, np.array([3.0, -1.0, 2.0])
+        rec = pycolmap.Reconstruction()
+        for i, cam in enumerate(info.cameras, start=1):
+            c = cam.center.copy()
+            if fold and c[0] > 0:
+                c[0] = -c[0]  # the right half of the arc folded onto the left
+            R = np.asarray(cam.R) @ S.T  # world' = scale * S @ world + shift
+            t = -R @ (scale * S @ c + shift)
+            rec.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=64, height=48,
+                                                            params=[cam.fx, cam.fy, cam.cx, cam.cy], camera_id=i))
+            rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{cam.name}.jpg", camera_id=i, image_id=i),
+                                             pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
+        folder = tmp_path / name / "sparse" / "0"
+        folder.mkdir(parents=True)
+        rec.write_binary(str(folder))
+        return tmp_path / name
+
+    good = camera_accuracy(workspace("good", False), info.root)
+    assert good["cameras_compared"] == 8
+    assert good["median_center_error_m"] < 1e-6
+    folded = camera_accuracy(workspace("folded", True), info.root)
+    assert folded["median_center_error_of_spread"] > 0.05
