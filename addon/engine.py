@@ -20,7 +20,7 @@ import bpy
 import numpy as np
 import zmq
 
-from . import batch, connection, properties
+from . import batch, connection, properties, viewport
 from ._bridge import DeepBuffer, bridge, srgb8_to_linear, srgb_to_linear
 from .deep_buffer import DeepBufferError, render_deep_buffer
 from .preferences import backend_settings
@@ -132,7 +132,18 @@ class RerenderEngine(bpy.types.RenderEngine):
     bl_use_postprocess = True  # compositor and sequencer run on our passes
     bl_use_gpu_context = False  # True deadlocks the nested EEVEE render (blender-facts.md)
     bl_use_preview = False  # no material previews: they would need a backend for every thumbnail
-    bl_use_eevee_viewport = True  # the viewport shows the cloud with EEVEE; the network is for final frames
+    bl_use_eevee_viewport = True  # Material Preview shows the cloud with EEVEE; Rendered mode calls view_draw
+
+    def view_update(self, context: bpy.types.Context, depsgraph: bpy.types.Depsgraph) -> None:
+        """The scene changed: the next draw rasterizes again (cheap; the network call is off the main thread)."""
+        viewport.session.mark_dirty()
+
+    def view_draw(self, context: bpy.types.Context, depsgraph: bpy.types.Depsgraph) -> None:
+        """Rendered mode: gpu-rasterized preview buffer → backend (latest wins) → the newest image drawn."""
+        try:
+            viewport.session.draw(self, context, depsgraph)
+        except Exception as exc:  # noqa: BLE001 - a draw callback must never raise into Blender's draw loop
+            self.update_stats("Neural Rerender", f"preview failed: {type(exc).__name__}: {exc}")
 
     def update_render_passes(self, scene: bpy.types.Scene | None = None,
                              renderlayer: bpy.types.ViewLayer | None = None) -> None:
@@ -313,5 +324,6 @@ def unregister() -> None:
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.discard(ENGINE_ID)
     connection.engine_link.invalidate()
+    viewport.session.stop()
     bpy.utils.unregister_class(RerenderEngine)
     batch.unregister()

@@ -142,3 +142,102 @@ def draw_image(image: np.ndarray, width: int, height: int) -> None:
     gpu.state.blend_set("ALPHA_PREMULT")
     draw_texture_2d(texture, (0, 0), width, height)
     gpu.state.blend_set("NONE")
+
+
+# --- the engine's viewport session (main thread) -----------------------------------------------------------------
+
+class ViewportSession:
+    """What ``RerenderEngine.view_update/view_draw`` delegate to: one per Blender session, shared by viewports.
+
+    Each draw rasterizes the current view with the gpu module only when the view, the frame or the scene changed,
+    offers it (latest wins), and draws the newest image that came back. A timer turns "a frame landed" into
+    ``tag_redraw`` on the main thread."""
+
+    def __init__(self) -> None:
+        self.requester: LatestWinsRequester | None = None
+        self._address = ""
+        self._last_key: tuple | None = None
+        self._dirty = True
+        self._engines: list = []
+        self._landed = threading.Event()
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _ensure_requester(self, settings) -> LatestWinsRequester:
+        from . import connection
+
+        if self.requester is None or self._address != settings.address:
+            if self.requester is not None:
+                self.requester.stop(0.5)
+            self.requester = LatestWinsRequester(settings.address, settings.timeout,
+                                                 on_frame=lambda _frame: self._landed.set(),
+                                                 explain=lambda exc: connection.explain(exc, settings))
+            self._address = settings.address
+        return self.requester
+
+    def _redraw_timer(self) -> float | None:
+        if self._landed.is_set():
+            self._landed.clear()
+            alive = []
+            for engine in self._engines:
+                try:
+                    engine.tag_redraw()
+                    alive.append(engine)
+                except ReferenceError:  # the viewport closed: its engine is gone
+                    pass
+            self._engines = alive
+        return 0.05 if self._engines else None
+
+    def draw(self, engine, context, depsgraph) -> None:
+        import bpy
+
+        from . import connection, properties
+        from .preferences import backend_settings
+
+        region, view = context.region, context.region_data
+        if engine not in self._engines:
+            self._engines.append(engine)
+            if not bpy.app.timers.is_registered(self._redraw_timer):
+                bpy.app.timers.register(self._redraw_timer, first_interval=0.05)
+        settings = backend_settings()
+        requester = self._ensure_requester(settings)
+        size = preview_size(region.width, region.height)
+        key = (tuple(round(v, 6) for row in view.perspective_matrix for v in row), size,
+               depsgraph.scene_eval.frame_current)
+        status = connection.monitor.status
+        if key != self._last_key or self._dirty:
+            scene = depsgraph.scene_eval
+            latent = properties.read_latent(scene)
+            expected = status.latent_size
+            if not status.connected:
+                connection.monitor.request(settings)  # returns at once; the panel timer redraws
+            elif expected and latent.size != expected:
+                engine.update_stats("Neural Rerender", f"the look has {latent.size} values, the model {expected}: "
+                                                       "click 'Match Model'")
+            else:
+                from .gpu_raster import rasterize, scene_points
+
+                xyz, colors, labels = scene_points(depsgraph.scene, max_points=1_000_000)
+                splat = properties.splat_px(depsgraph.scene) or 1.5
+                buffer = rasterize(xyz, colors, labels, np.array(view.view_matrix), np.array(view.window_matrix),
+                                   size, splat * size[0] / max(1, region.width))
+                requester.offer(buffer, latent if latent.size else np.zeros(expected, np.float32))
+                self._last_key, self._dirty = key, False
+        frame = requester.latest
+        if requester.error:
+            engine.update_stats("Neural Rerender", requester.error)
+        elif frame is not None:
+            engine.update_stats("Neural Rerender", f"preview {frame.image.shape[1]}×{frame.image.shape[0]}, "
+                                                   f"{frame.seconds * 1000:.0f} ms")
+        if frame is not None:
+            draw_image(frame.image, region.width, region.height)
+
+    def stop(self) -> None:
+        if self.requester is not None:
+            self.requester.stop(0.5)
+            self.requester = None
+        self._engines.clear()
+
+
+session = ViewportSession()
