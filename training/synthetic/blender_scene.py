@@ -275,14 +275,14 @@ def _add_lights(scene, spec: SceneSpec) -> None:
         light.use_shadow = False  # many small lights: shadows would cost more than they show
         obj = bpy.data.objects.new(PREFIX + f"lamp_{k}", light)
         obj.location = (x, y, 4.4)
-        obj["synth_night_energy"] = 600.0
+        obj["synth_night_energy"] = 400.0
         scene.collection.objects.link(obj)
     for k, xyz in enumerate(floodlight_positions(spec.landmark)):
         light = bpy.data.lights.new(PREFIX + f"flood_{k}", "POINT")
         light.shadow_soft_size = 0.5
         obj = bpy.data.objects.new(PREFIX + f"flood_{k}", light)
         obj.location = xyz
-        obj["synth_night_energy"] = 9000.0
+        obj["synth_night_energy"] = 4500.0
         scene.collection.objects.link(obj)
 
 
@@ -358,8 +358,9 @@ def apply_appearance(scene, appearance: Appearance) -> None:
     nt = scene.world.node_tree
     sky = nt.nodes["sky"]
     sky.sun_elevation = math.radians(a.sun_elevation_deg)
-    # Blender's sky puts rotation 0 at +Y and turns clockwise seen from above; our azimuth starts at +X, CCW.
-    sky.sun_rotation = math.radians(90.0 - a.sun_azimuth_deg) % (2 * math.pi)
+    # Cycles' sky (svm_sky.h): sun = (-cos e sin r, cos e cos r, sin e), so rotation r = azimuth - 90 degrees
+    # puts the sky's bright spot where the sun lamp shines from.
+    sky.sun_rotation = math.radians(a.sun_azimuth_deg - 90.0) % (2 * math.pi)
     sky.air_density = a.air_density
     sky.aerosol_density = a.aerosol_density
     nt.nodes["sky_strength"].inputs["B"].default_value = (a.sky_strength,) * 3 + (1.0,)
