@@ -34,6 +34,8 @@ OUTPUT_NODE = "Deep Buffer Files"
 PASSES = ("color", "depth", "label")  # file output item names
 
 MIN_SPLAT_PX, MAX_SPLAT_PX = 1.0, 6.0
+TRANSIENT_MODIFIER = "Rerender Hide Transient"
+TRANSIENT_GROUP = ".rerender hide transient"
 
 _folder: Path | None = None
 _counter = itertools.count()
@@ -160,6 +162,74 @@ def _sync_objects(helper, shot_scene, camera) -> list:
     return wanted
 
 
+def _transient_filter_group(ids: tuple[int, ...]):
+    """Geometry Nodes group deleting the points whose label attribute is one of ``ids`` (made once per id set)."""
+    import bpy
+
+    name = f"{TRANSIENT_GROUP} {','.join(str(i) for i in ids)}"
+    group = bpy.data.node_groups.get(name)
+    if group is not None and group.bl_idname == "GeometryNodeTree":
+        return group
+    group = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    group.is_modifier = True
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    label = nodes.new("GeometryNodeInputNamedAttribute")
+    label.data_type = "INT"
+    label.inputs["Name"].default_value = pts.LABEL_ATTR
+    selection = None
+    for class_id in ids:
+        equal = nodes.new("FunctionNodeCompare")
+        equal.data_type, equal.operation = "INT", "EQUAL"
+        a, b = [s for s in equal.inputs if s.type == "INT"][:2]
+        links.new(label.outputs["Attribute"], a)
+        b.default_value = int(class_id)
+        if selection is None:
+            selection = equal.outputs["Result"]
+        else:
+            either = nodes.new("FunctionNodeBooleanMath")
+            either.operation = "OR"
+            links.new(selection, either.inputs[0])
+            links.new(equal.outputs["Result"], either.inputs[1])
+            selection = either.outputs["Boolean"]
+    delete = nodes.new("GeometryNodeDeleteGeometry")
+    delete.domain = "POINT"
+    links.new(g_in.outputs["Geometry"], delete.inputs["Geometry"])
+    if selection is not None:
+        links.new(selection, delete.inputs["Selection"])
+    links.new(delete.outputs["Geometry"], g_out.inputs["Geometry"])
+    return group
+
+
+def _hide_transient_points(clouds, hide: bool) -> None:
+    """Switch the transient-point filter of every point cloud on or off (added after the points modifier).
+
+    Why a modifier and not a post-step on the pixels: a removed person must uncover what stands behind it (in
+    color, depth and label), which only leaving the points out of the render does. Objects the artist tagged with
+    a class are not point clouds and stay."""
+    ids = tuple(_bridge_classes().transient_ids)
+    for obj in clouds:
+        if not pts.is_point_cloud(obj):
+            continue
+        mod = obj.modifiers.get(TRANSIENT_MODIFIER)
+        if mod is None:
+            if not hide:
+                continue
+            mod = obj.modifiers.new(TRANSIENT_MODIFIER, "NODES")
+        if hide and mod.node_group is None:
+            mod.node_group = _transient_filter_group(ids)
+        if mod.show_render != hide or mod.show_viewport != hide:
+            mod.show_render = mod.show_viewport = hide
+
+
+def _bridge_classes():
+    from ._bridge import bridge
+
+    return bridge.classes.DEFAULT_CLASSES
+
+
 def estimate_splat_px(xyz_world: np.ndarray, cam, total_points: int | None = None) -> float:
     """Splat radius in pixels that makes a cloud look closed from this camera without blurring dense ones.
 
@@ -189,8 +259,9 @@ def estimate_splat_px(xyz_world: np.ndarray, cam, total_points: int | None = Non
     return float(np.clip(radius, MIN_SPLAT_PX, MAX_SPLAT_PX))
 
 
-def _auto_splat_px(clouds, cam) -> float:
-    """estimate_splat_px over all point clouds (at most ~60k sampled points in total: a few milliseconds)."""
+def _auto_splat_px(clouds, cam, depsgraph=None) -> float:
+    """estimate_splat_px over all point clouds (at most ~60k sampled points in total: a few milliseconds); object
+    matrices come from ``depsgraph`` when given (current at the rendered frame)."""
     samples, total = [], 0
     for obj in clouds:
         if not pts.is_point_cloud(obj):
@@ -200,7 +271,7 @@ def _auto_splat_px(clouds, cam) -> float:
             continue
         step = max(1, n // 60000)
         co = pts.point_positions(obj)[::step].astype(np.float64)
-        m = np.array(obj.matrix_world)
+        m = np.array((obj.evaluated_get(depsgraph) if depsgraph is not None else obj).matrix_world)
         samples.append((co @ m[:3, :3].T + m[:3, 3], step))
         total += n
     if not samples:
@@ -226,7 +297,8 @@ def _render_size(scene, resolution) -> tuple[int, int]:
 
 
 def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
-                       resolution: tuple[int, int] | None = None, splat_px: float | None = None) -> DeepBuffer:
+                       resolution: tuple[int, int] | None = None, splat_px: float | None = None,
+                       hide_transient: bool | None = None) -> DeepBuffer:
     """Render the deep buffer of ``camera`` for the objects of ``scene`` at ``frame``.
 
     scene      the shot scene (its point clouds, classed objects, animation and, by default, its resolution)
@@ -235,6 +307,8 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
     resolution (width, height) in pixels; default the scene's render size. The camera's calibrated pixel aspect
                (fx != fy) is used when it has one, else the scene's.
     splat_px   splat radius in pixels; default an estimate from the point density seen by this camera.
+    hide_transient  leave the point clouds' transient points (people, vehicles) out; default the scene's
+               ``scene.rerender.hide_transient`` toggle (off when the add-on's properties are not registered).
 
     Returns color (float16 linear, 0 where empty), depth (float32 planar z, +inf where empty), label (uint8, 255
     where empty) and mask, H x W with row 0 at the top. Callable from plain scripts and from inside a Python
@@ -255,6 +329,9 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
 
     helper = ensure_helper_scene()
     clouds = _sync_objects(helper, scene, camera)
+    if hide_transient is None:
+        hide_transient = bool(getattr(getattr(scene, "rerender", None), "hide_transient", False))
+    _hide_transient_points(clouds, bool(hide_transient))
     r = helper.render
     r.resolution_x, r.resolution_y = width, height
     r.pixel_aspect_x, r.pixel_aspect_y = aspect
@@ -266,7 +343,12 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
 
     cam = colmap_from_camera(camera, width, height, aspect)
     if splat_px is None:
-        splat_px = _auto_splat_px(clouds, _world_camera(camera, width, height, aspect))
+        # Evaluated matrices at this frame: the originals' matrix_world is stale for a scene that is not the
+        # context scene (or right after an import), which made sparse clouds get ~1 px splats.
+        depsgraph = helper.view_layers[0].depsgraph
+        depsgraph.update()
+        splat_px = _auto_splat_px(clouds, _world_camera(camera, width, height, aspect, camera.evaluated_get(depsgraph)),
+                                  depsgraph)
     if not splat_px > 0:
         raise ValueError(f"splat_px must be positive (a radius in pixels), got {splat_px}")
     scale = float(splat_px) / min(cam.fx, cam.fy)
@@ -315,12 +397,13 @@ def _frame_everywhere(*scenes, frame: int, subframe: float):
             s.frame_current, s.frame_subframe = f, sf
 
 
-def _world_camera(camera, width: int, height: int, aspect):
-    """The camera in world coordinates (for projecting world-space points), whatever its parent."""
+def _world_camera(camera, width: int, height: int, aspect, evaluated=None):
+    """The camera in world coordinates (for projecting world-space points), whatever its parent; ``evaluated`` is
+    the depsgraph-evaluated camera whose matrix_world is current at the frame being rendered."""
     from .cameras import _FLIP_YZ, ColmapCamera
 
     local = colmap_from_camera(camera, width, height, aspect)
-    world = np.array(camera.matrix_world)
+    world = np.array((evaluated or camera).matrix_world)
     # Object scale (e.g. inherited from a scaled reconstruction root) does not change the view: normalise it away.
     world[:3, :3] /= np.linalg.norm(world[:3, :3], axis=0, keepdims=True)
     cam_from_world = np.linalg.inv(world @ _FLIP_YZ)
