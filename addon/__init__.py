@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 # Modules that define register()/unregister(), in registration order (the teammates' import UI first).
-_MODULE_NAMES = ("properties", "preferences", "colmap_import", "engine", "panels")
+_MODULE_NAMES = ("properties", "preferences", "colmap_import", "engine", "semantics", "appearance", "panels")
 _registered: list = []
 
 

@@ -26,6 +26,33 @@ class RerenderLatentComponent(bpy.types.PropertyGroup):
     )
 
 
+LOOK_SOURCES = (
+    ("GALLERY", "Gallery", "An appearance of the model bundle's gallery (one per training photo)"),
+    ("PHOTO", "Photo", "Encoded by the backend from a photo the artist opened"),
+    ("MIX", "Mix", "Mixed or scaled from other looks"),
+)
+INTERPOLATIONS = (
+    ("LINEAR", "Linear", "Straight blend from one keyed look to the next"),
+    ("BEZIER", "Bézier", "Ease in and out between keyed looks"),
+    ("CONSTANT", "Constant", "Hold each look until the next key (a cut)"),
+)
+
+
+class RerenderLook(bpy.types.PropertyGroup):
+    """``scene.rerender.looks[i]``: a named appearance latent stored in the .blend (so looks travel with the file).
+
+    ``name`` (built in) is the look's name; ``latent`` one float per component, like ``scene.rerender.appearance``;
+    ``thumbnail`` the name of a packed image in ``bpy.data.images`` (empty when there is none).
+    """
+
+    latent: bpy.props.CollectionProperty(type=RerenderLatentComponent, name="Latent")
+    source: bpy.props.EnumProperty(name="Source", items=LOOK_SOURCES, default="GALLERY")
+    thumbnail: bpy.props.StringProperty(name="Thumbnail", description="Image (packed in the .blend) shown for "
+                                        "this look", default="")
+    photo_path: bpy.props.StringProperty(name="Photo", description="The photo a PHOTO look was encoded from",
+                                         default="", subtype="FILE_PATH")
+
+
 class RerenderSceneSettings(bpy.types.PropertyGroup):
     """``scene.rerender``: what the Neural Rerender engine needs besides the camera and the point cloud."""
 
@@ -45,6 +72,32 @@ class RerenderSceneSettings(bpy.types.PropertyGroup):
     )
     appearance_name: bpy.props.StringProperty(
         name="Look", description="Name of the gallery appearance last applied (informative only)", default="",
+    )
+    looks: bpy.props.CollectionProperty(
+        type=RerenderLook, name="Looks",
+        description="Named appearances (gallery, encoded photos, mixes), saved in the .blend",
+    )
+    looks_index: bpy.props.IntProperty(name="Active Look", default=0, min=0)
+    look_interpolation: bpy.props.EnumProperty(
+        name="Interpolation", items=INTERPOLATIONS, default="LINEAR",
+        description="How the keys that 'Apply at Frame' inserts blend into the next keyed look",
+    )
+    mix_a: bpy.props.StringProperty(name="Look A", description="First look of the mix", default="")
+    mix_b: bpy.props.StringProperty(name="Look B", description="Second look of the mix", default="")
+    mix_factor: bpy.props.FloatProperty(name="Mix", description="0 = look A, 1 = look B", default=0.5,
+                                        min=0.0, max=1.0, subtype="FACTOR")
+    mix_scale: bpy.props.FloatProperty(name="Scale", description="Multiply the mixed latent (nudges the look "
+                                       "towards the model's average look below 1, exaggerates it above 1)",
+                                       default=1.0, soft_min=0.0, soft_max=2.0)
+    hide_transient: bpy.props.BoolProperty(
+        name="Hide Transient Points", default=False,
+        description="Leave the point cloud's people and vehicles (transient classes) out of the deep buffer; "
+        "objects you tag with a class yourself stay",
+    )
+    fill_labels: bpy.props.BoolProperty(
+        name="Fill Labels with S", default=False,
+        description="Let the backend's semantic network predict the labels of pixels no point covers (sky, "
+        "ground) before rerendering; the Label pass then shows what the network received",
     )
 
 
@@ -100,7 +153,27 @@ def read_latent(scene: bpy.types.Scene) -> np.ndarray:
     return out
 
 
-CLASSES = (RerenderLatentComponent, RerenderSceneSettings)
+def latent_fcurves(scene: bpy.types.Scene) -> dict[int, bpy.types.FCurve]:
+    """Component index -> F-curve of ``rerender.appearance[i].value`` (Blender 5.0 layered actions or legacy)."""
+    anim = scene.animation_data
+    action = anim.action if anim is not None else None
+    if action is None:
+        return {}
+    curves: list = []
+    if hasattr(action, "layers"):
+        for layer in action.layers:
+            for strip in layer.strips:
+                bag = strip.channelbag(anim.action_slot)
+                if bag is not None:
+                    curves.extend(bag.fcurves)
+    else:  # pragma: no cover - Blender < 4.4
+        curves = list(action.fcurves)
+    prefix, suffix = "rerender.appearance[", "].value"
+    return {int(fc.data_path[len(prefix):-len(suffix)]): fc for fc in curves
+            if fc.data_path.startswith(prefix) and fc.data_path.endswith(suffix)}
+
+
+CLASSES = (RerenderLatentComponent, RerenderLook, RerenderSceneSettings)
 
 
 def register() -> None:
