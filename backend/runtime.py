@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rerender.bridge.buffers import DeepBuffer
+from rerender.bridge.classes import UNKNOWN
 
 from .bundle import Appearance, Bundle
 
@@ -89,15 +90,18 @@ class ModelRuntime:
     # ---- operations ---------------------------------------------------------------------------------------------
 
     def rerender(self, buffers: Sequence[DeepBuffer], latents: np.ndarray | None, *,
-                 output: str = "uint8") -> np.ndarray:
+                 output: str = "uint8", fill_labels: bool = False) -> np.ndarray:
         """Deep buffers (one size) + appearance latents N x L -> sRGB frames N x H x W x 3.
 
         ``output="uint8"`` (default) gives 0..255; ``"float16"`` gives sRGB in [0, 1] without 8-bit quantisation,
-        for renders that go on to a float compositor.
+        for renders that go on to a float compositor. ``fill_labels=True`` first lets S predict the labels of
+        pixels no point covers (:meth:`fill_labels`); call that yourself to also get the labels used.
         """
         if output not in ("uint8", "float16"):
             raise ValueError(f"output must be 'uint8' or 'float16', got {output!r}")
         buffers = _buffer_list(buffers)
+        if fill_labels:
+            buffers = self.fill_labels(buffers)
         n = len(buffers)
         z = self._check_latents(latents, n)
         out = []
@@ -146,6 +150,22 @@ class ModelRuntime:
                 logits = self.bundle.semantic(x.to(self.device))
             out.append(logits[:, :, :h, :w].argmax(dim=1).to(torch.uint8).cpu().numpy())
         return np.concatenate(out)
+
+    def fill_labels(self, buffers: Sequence[DeepBuffer]) -> list[DeepBuffer]:
+        """The buffers with S's predicted class where no point was drawn and the label is unknown (DESIGN §4b).
+
+        Why only there: a point's label came from the photos (or from the artist's tagged object) and is more
+        trustworthy than a prediction; S is for the sky and ground that no point covers. Color, depth and mask
+        are unchanged (the same arrays), so the network still sees where the points are.
+        """
+        buffers = _buffer_list(buffers)
+        predicted = self.segment(buffers)
+        out = []
+        for buffer, labels in zip(buffers, predicted):
+            hole = ~buffer.mask & (buffer.label == UNKNOWN)
+            out.append(DeepBuffer(buffer.color, buffer.depth, np.where(hole, labels, buffer.label).astype(np.uint8),
+                                  buffer.mask))
+        return out
 
     def appearances(self) -> list[Appearance]:
         return list(self.bundle.gallery)

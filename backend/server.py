@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 MODEL_OPS = ("rerender", "encode", "segment")
 # Parameters each op accepts (anything else is rejected, so a typo never passes silently).
-OP_PARAMS: dict[str, set[str]] = {"hello": set(), "appearances": set(), "rerender": {"output"}, "encode": set(),
-                                  "segment": set()}
+OP_PARAMS: dict[str, set[str]] = {"hello": set(), "appearances": set(), "rerender": {"output", "fill_labels"},
+                                  "encode": set(), "segment": set()}
 RERENDER_OUTPUTS = ("uint8", "float16")
 _INPROC = "inproc://rerender-server-replies-{}"
 
@@ -65,7 +65,7 @@ class _Job:
     def batch_key(self) -> tuple:
         color = self.arrays.get("color")
         size = tuple(color.shape[:2]) if color is not None else ()
-        return self.op, size, self.params.get("output", "uint8")
+        return self.op, size, self.params.get("output", "uint8"), bool(self.params.get("fill_labels", False))
 
 
 class Server:
@@ -229,6 +229,8 @@ class Server:
             self._send(identity, encode_reply("appearances", rid, {"names": names}, arrays))
             return
         output = message.params.get("output", "uint8")
+        if not isinstance(message.params.get("fill_labels", False), bool):
+            raise ProtocolError(CODE_BAD_PARAMS, "'fill_labels' must be true or false")
         if output not in RERENDER_OUTPUTS:
             raise ProtocolError(CODE_BAD_PARAMS, f"'output' must be one of {list(RERENDER_OUTPUTS)}, got {output!r}")
         if self._jobs.qsize() >= self.max_queue:
@@ -389,11 +391,16 @@ class Server:
     def _compute(self, op: str, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         rt = self.runtime
         if op == "rerender":
-            images = rt.rerender([b for b, _ in inputs], np.stack([z for _, z in inputs]))
+            buffers = [b for b, _ in inputs]
+            if params.get("fill_labels"):  # S predicts the labels no point gives; the reply says what was used
+                buffers = rt.fill_labels(buffers)
+            images = rt.rerender(buffers, np.stack([z for _, z in inputs]))
             images = np.asarray(images)
             if params.get("output", "uint8") == "float16":
                 images = (images.astype(np.float32) / 255.0).astype(np.float16) if images.dtype == np.uint8 \
                     else images.astype(np.float16)
+            if params.get("fill_labels"):
+                return [{"image": im, "labels": b.label} for im, b in zip(images, buffers)]
             return [{"image": im} for im in images]
         if op == "encode":
             latents = np.asarray(rt.encode([p for _, p in inputs], [b for b, _ in inputs]), dtype=np.float32)
