@@ -204,10 +204,15 @@ class Client:
         return request_id
 
     def submit_rerender(self, buffer: DeepBuffer, latent: np.ndarray, *, output: str = "uint8",
-                        depth_dtype: str = "float16") -> int:
+                        depth_dtype: str = "float16", fill_labels: bool = False) -> int:
         """:meth:`submit` of one ``rerender`` request (deep buffer + latent); collect the image with
-        :meth:`collect_image`."""
-        return self.submit("rerender", {"output": output},
+        :meth:`collect_image`, or image and labels with :meth:`collect_rerender`. ``fill_labels=True`` asks the
+        backend to let its semantic network label the pixels no point covers first (and to return the labels
+        it used)."""
+        params: dict[str, Any] = {"output": output}
+        if fill_labels:  # only when asked: older backends reject parameters they do not know
+            params["fill_labels"] = True
+        return self.submit("rerender", params,
                            {**buffer_to_wire(buffer, depth_dtype), "latent": _as_latent(latent)})
 
     @property
@@ -270,6 +275,13 @@ class Client:
         if not reply.ok:
             raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op)
         return reply
+
+    def collect_rerender(self, request_id: int,
+                         wait: float | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """:meth:`collect` of a ``rerender`` request: (image, labels the network received or None when the
+        request did not ask for ``fill_labels``), or None if not there within ``wait``."""
+        reply = self.collect(request_id, wait)
+        return None if reply is None else (reply.arrays["image"], reply.arrays.get("labels"))
 
     def collect_image(self, request_id: int, wait: float | None = None) -> np.ndarray | None:
         """:meth:`collect` of a ``rerender`` request: the sRGB image, or None if not there within ``wait``."""
