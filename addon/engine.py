@@ -113,6 +113,11 @@ def _deep_buffer(scene: bpy.types.Scene, camera: bpy.types.Object, size: tuple[i
         return render_deep_buffer(scene, camera, resolution=size, splat_px=properties.splat_px(scene))
 
 
+def _fills_labels(scene: bpy.types.Scene) -> bool:
+    """The scene's "Fill Labels with S" toggle (semantics.py): the backend labels pixels no point covers."""
+    return bool(scene.rerender.fill_labels)
+
+
 def _evaluate_at(scene: bpy.types.Scene, frame: int) -> None:
     """Re-evaluate the helper scene at ``frame`` after prefetching later frames, so the linked camera (whose
     original data the nested render updated to a later frame) is back where this frame has it."""
@@ -195,7 +200,8 @@ class RerenderEngine(bpy.types.RenderEngine):
         if self.test_break():
             return self._cancelled()
 
-        key = (scene.name, camera.name, size, properties.splat_px(scene))
+        key = (scene.name, camera.name, size, properties.splat_px(scene), _fills_labels(scene),
+               bool(scene.rerender.hide_transient))
         entry = batch.pipeline.take(frame, key, batch.camera_signature(camera_eval), latent)
         try:
             if entry is None:
@@ -204,7 +210,7 @@ class RerenderEngine(bpy.types.RenderEngine):
                 buffer = _deep_buffer(scene, camera, size)
                 timings["deep_buffer"] = time.perf_counter() - step
                 self._check_size(buffer, size)
-                request_id = client.submit_rerender(buffer, latent)
+                request_id = client.submit_rerender(buffer, latent, fill_labels=_fills_labels(scene))
             else:
                 buffer, request_id = entry.buffer, entry.request_id
             if self.test_break():
@@ -226,12 +232,15 @@ class RerenderEngine(bpy.types.RenderEngine):
 
             self._progress(0.5, "rerendering on the backend", scene)
             step = time.perf_counter()
-            image = None
-            while image is None:  # short slices so Esc is honoured while the backend works
-                image = client.collect_image(request_id, wait=BREAK_POLL_S)
-                if image is None and self.test_break():
+            result = None
+            while result is None:  # short slices so Esc is honoured while the backend works
+                result = client.collect_rerender(request_id, wait=BREAK_POLL_S)
+                if result is None and self.test_break():
                     client.cancel(request_id)
                     return self._cancelled()
+            image, used_labels = result
+            if used_labels is not None:  # S filled the empty pixels: the Label pass shows what the network got
+                buffer = DeepBuffer(buffer.color, buffer.depth, np.asarray(used_labels), buffer.mask)
             timings["backend"] = time.perf_counter() - step
         except (bridge.errors.BridgeError, zmq.ZMQError) as exc:  # the backend's failures, told to the artist
             batch.pipeline.clear()
@@ -264,7 +273,8 @@ class RerenderEngine(bpy.types.RenderEngine):
         self._check_size(buffer, size)
         signature = batch.camera_signature(camera)  # the nested render evaluated the camera at ``frame``
         latent = batch.latent_at(scene, frame, latent_now) if latent_now.size else latent_now
-        return batch.Prefetched(frame, client.submit_rerender(buffer, latent), buffer, latent, signature, key)
+        request_id = client.submit_rerender(buffer, latent, fill_labels=_fills_labels(scene))
+        return batch.Prefetched(frame, request_id, buffer, latent, signature, key)
 
     @staticmethod
     def _check_size(buffer: DeepBuffer, size: tuple[int, int]) -> None:
