@@ -235,14 +235,25 @@ def progress_line(scene: bpy.types.Scene, frame: int) -> str:
 
 # --- render job boundaries ---------------------------------------------------------------------------------------
 
+def _is_nested(scene) -> bool:
+    """The deep-buffer helper scene's own (nested) renders fire the same handlers: they are not job boundaries."""
+    from .deep_buffer import HELPER_SCENE
+
+    return scene is not None and getattr(scene, "name", "") == HELPER_SCENE
+
+
 @bpy.app.handlers.persistent
-def _on_job_start(_scene, _depsgraph=None) -> None:
+def _on_job_start(scene, _depsgraph=None) -> None:
+    if _is_nested(scene):
+        return
     pipeline.clear()
     clock.start_job()
 
 
 @bpy.app.handlers.persistent
-def _on_job_end(_scene, _depsgraph=None) -> None:
+def _on_job_end(scene, _depsgraph=None) -> None:
+    if _is_nested(scene):
+        return
     pipeline.clear()
 
 

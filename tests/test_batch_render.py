@@ -220,6 +220,8 @@ def test_pipelined_animation_sends_each_frame_the_fcurve_latent(shot, addon, rec
     assert sorted(p.name for p in tmp_path.glob("frame_*.png")) == [f"frame_{f:04d}.png" for f in range(1, 6)]
     assert batch.pipeline.hits == 4 and batch.pipeline.misses == 0, "frames 2-5 come from the frame before"
     assert not batch.pipeline.frames, "nothing is left at the backend after the last frame"
+    assert len(batch.clock.frame_times) == 5, "one measured time per frame (nested renders are not job starts)"
+    assert "s/frame" in batch.progress_line(shot, 3) and "left" in batch.progress_line(shot, 3)
     expected = [_fcurve_latent(shot, f) for f in range(1, 6)]
     assert not np.allclose(expected[1], (expected[0] + expected[2]) / 2, atol=1e-3), "Bezier, not linear"
     received = sorted(runtime.latents, key=lambda z: z[0])  # the backend may see them in any batch order

@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="label the photos with the generator's exact segmentation (default) or run ESPNet "
                              "like on real photos")
     parser.add_argument("--segmenter-weights", type=Path, default=None, help="ESPNet weights (with --segmenter espnet)")
+    parser.add_argument("--poses", default=None, choices=("sfm", "known"),
+                        help="sfm: full pycolmap SfM as for real photos (default, except tiny); known: pycolmap "
+                             "features, matching and triangulation with the generator's true cameras")
     parser.add_argument("--seed", type=int, default=0, help="collection seed (default 0)")
     parser.add_argument("--redo", action="append", default=[], choices=STAGES, metavar="STAGE",
                         help=f"run a finished stage again (one of {', '.join(STAGES)}); repeatable")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"rerender demo: --{name.replace('_pairs', '-size')} {value} is too small", file=sys.stderr)
             return 2
     try:
-        p = preset(args.size, photos=args.photos, frames=args.frames, eval_pairs=args.eval_pairs)
+        p = preset(args.size, photos=args.photos, frames=args.frames, eval_pairs=args.eval_pairs, poses=args.poses)
         demo = Demo(DemoOptions(out=args.out, preset=p, device=device, seed=args.seed, segmenter=args.segmenter,
                                 segmenter_weights=str(args.segmenter_weights) if args.segmenter_weights else None,
                                 baseline=args.baseline, progress=not args.no_progress, redo=tuple(args.redo)))

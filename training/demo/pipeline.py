@@ -97,17 +97,23 @@ class Demo:
         tmp.write_text(json.dumps({"seconds": round(seconds, 2), **facts}, indent=2))
         tmp.replace(m)
 
-    def run(self) -> DemoResult:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def _check_settings(self) -> None:
+        """Refuse a results folder whose photos (or labels) were made otherwise: mixing would be silently wrong."""
         settings = self.out / "settings.json"
         wanted = {"preset": self.p.to_json(), "seed": self.o.seed, "segmenter": self.o.segmenter}
         if settings.is_file():
             had = json.loads(settings.read_text())
-            if had != json.loads(json.dumps(wanted)):
-                raise DemoError(f"{self.out} holds a demo made with other settings ({settings}); choose another "
-                                f"--out, or delete the folder to start over")
-        else:
-            settings.write_text(json.dumps(wanted, indent=2))
+            keys = ("photos", "photo_size", "quality", "poses")
+            mine = json.loads(json.dumps(wanted))
+            if had.get("seed") != mine["seed"] or had.get("segmenter") != mine["segmenter"] or \
+                    any(had.get("preset", {}).get(k, mine["preset"][k]) != mine["preset"][k] for k in keys):
+                raise DemoError(f"{self.out} holds a demo made with other settings ({settings}: photos, size, "
+                                f"seed, poses or segmenter differ); choose another --out, or delete the folder")
+        settings.write_text(json.dumps(wanted, indent=2))
+
+    def run(self) -> DemoResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_settings()
         total = time.perf_counter()
         for i, stage in enumerate(STAGES, start=1):
             facts = self.done(stage)
@@ -153,6 +159,15 @@ class Demo:
     def stage_reconstruct(self) -> dict:
         from rerender.training.reconstruct import ReconstructionError, reconstruct
 
+        if self.p.poses == "known":
+            from .known_poses import triangulate_known_poses
+
+            facts = triangulate_known_poses(self.collection, self.workspace)
+            self.echo(f"known-pose triangulation: {facts['points']} points from {facts['photos']} photos "
+                      f"({facts['mean_reprojection_error_px']:.2f} px)")
+            if facts["points"] < 3:
+                raise DemoError(f"reconstruct: only {facts['points']} points triangulated; use more photos")
+            return facts
         try:
             summary = reconstruct(self.collection / "images", self.workspace, matcher="exhaustive",
                                   dense="auto" if self.o.device != "cpu" else "off", progress=self.o.progress)
@@ -169,7 +184,7 @@ class Demo:
                       f"({100 * accuracy['median_center_error_of_spread']:.1f} % of the camera spread)")
         return {"registered": summary.registered, "photos": summary.photos_found, "points": summary.points,
                 "mean_reprojection_error_px": summary.mean_reprojection_error_px, "seconds_by_step": summary.seconds,
-                "camera_accuracy": accuracy}
+                "camera_accuracy": accuracy, "poses": "SfM (pycolmap incremental mapping)"}
 
     def splat_px(self) -> float:
         """Sparse SfM clouds need splats a few pixels wide; the size scales with the buffer."""
@@ -178,8 +193,8 @@ class Demo:
     def stage_dataset(self) -> dict:
         from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset
 
-        opt = DatasetOptions(max_size=self.p.buffer_size, min_size=16, min_coverage=0.05, val_count=self.p.val_count,
-                             seed=self.o.seed, splat_px=self.splat_px(), segmenter_weights=self.o.segmenter_weights)
+        opt = DatasetOptions(max_size=self.p.buffer_size, min_size=16, min_coverage=self.p.min_coverage,
+                             val_count=self.p.val_count, seed=self.o.seed, splat_px=self.splat_px(), segmenter_weights=self.o.segmenter_weights)
         if self.o.segmenter == "truth":
             prefill_true_segmentation(self.workspace, self.dataset, self.collection, opt.max_size)
         try:

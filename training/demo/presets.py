@@ -31,6 +31,8 @@ class DemoPreset:
     frames: int = 24            # rendered frames of the camera path
     frame_size: tuple[int, int] = (320, 240)
     eval_pairs: int = 4         # appearance-transfer pairs of the ground-truth evaluation
+    poses: str = "sfm"          # sfm: full pycolmap SfM; known: triangulate with the true cameras (known_poses.py)
+    min_coverage: float = 0.05  # drop views whose deep buffer covers less (sparse clouds of small runs cover little)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +43,7 @@ PRESETS: dict[str, DemoPreset] = {
                        load_size=64, crop_size=32, batch_size=2, steps=(4, 6, 4, 4),
                        network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8,
                                 "encoder_blocks": 2},
-                       vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2),
+                       vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2, poses="known", min_coverage=0.0),
     "small": DemoPreset("small", photos=36, photo_size=(640, 480), quality="final", buffer_size=160, val_count=3,
                         load_size=128, crop_size=64, batch_size=4, steps=(60, 300, 100, 60),
                         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16,
