@@ -220,7 +220,7 @@ def load_photo(path: str, size: tuple[int, int] | None = None,
     try:
         original = tuple(int(v) for v in image.size)
         if 0 in original:
-            raise LookError(f"{path!r} has no pixels; is it an image file?")
+            raise LookError(f"Blender cannot read {path!r} as an image (no pixels): choose a JPEG, PNG, ... file")
         target = size or encode_size(*original, max_side=max_side)
         if tuple(target) != original:
             image.scale(int(target[0]), int(target[1]))

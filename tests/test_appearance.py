@@ -113,7 +113,8 @@ def test_keyed_gallery_looks_interpolate_and_the_backend_gets_each_frames_latent
     with bpy.context.temp_override(scene=shot):
         assert bpy.ops.rerender.apply_look(name="noon", frame=1, interpolation="LINEAR") == {"FINISHED"}
         assert bpy.ops.rerender.apply_look(name="night", frame=11, interpolation="LINEAR") == {"FINISHED"}
-        assert bpy.ops.rerender.apply_look(name="no such look", frame=3) == {"CANCELLED"}
+        with pytest.raises(RuntimeError, match="no look named 'no such look'.*'noon'"):
+            bpy.ops.rerender.apply_look(name="no such look", frame=3)
     curves = properties.latent_fcurves(shot)
     assert sorted(curves) == list(range(8))
     assert all(p.interpolation == "LINEAR" for fc in curves.values() for p in fc.keyframe_points)
