@@ -148,8 +148,12 @@ class Demo:
                 bar.n = done
                 bar.refresh()
 
-            info = generate_collection(self.collection, count=self.p.photos, width=W, height=H, seed=self.o.seed,
-                                       quality=self.p.quality, progress=progress)
+            try:
+                info = generate_collection(self.collection, count=self.p.photos, width=W, height=H,
+                                           seed=self.o.seed, quality=self.p.quality, progress=progress)
+            except FileExistsError as exc:
+                raise DemoError(f"collection: {exc} (it was made by another version or with other settings); "
+                                f"delete {self.collection} or choose another --out") from exc
         kinds: dict[str, int] = {}
         for a in info.appearances.values():
             kinds[a.kind] = kinds.get(a.kind, 0) + 1
