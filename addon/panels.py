@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import connection, properties
+from . import appearance, connection, properties, semantics
 from .preferences import backend_settings
 
 PERIODIC_CHECK_S = 15.0  # background re-check of the backend while Blender's UI runs
@@ -55,6 +55,35 @@ def draw_appearance(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
         grid.prop(item, "value", text=f"z{i}")
     if settings.appearance_name:
         layout.label(text=f"Look: {settings.appearance_name}")
+    draw_looks(layout, scene)
+    semantics.draw_scene_semantics(layout.box(), scene)
+
+
+def draw_looks(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
+    """The look gallery (searchable list with thumbnails), apply-at-frame, mix slider, photo encoding."""
+    settings = scene.rerender
+    box = layout.box()
+    row = box.row(align=True)
+    row.label(text=f"Looks ({len(settings.looks)})", icon="IMAGE_DATA")
+    row.operator("rerender.fetch_gallery", text="", icon="IMPORT")
+    row.operator("rerender.encode_photo", text="", icon="FILE_IMAGE")
+    row.operator("rerender.remove_look", text="", icon="X")
+    box.template_list("RERENDER_UL_looks", "", settings, "looks", settings, "looks_index", rows=4)
+    row = box.row(align=True)
+    row.operator("rerender.apply_look", text="Apply at Current Frame", icon="KEY_HLT")
+    row.prop(settings, "look_interpolation", text="")
+    mix = box.column(align=True)
+    pair = mix.row(align=True)
+    pair.prop_search(settings, "mix_a", settings, "looks", text="")
+    pair.prop_search(settings, "mix_b", settings, "looks", text="")
+    pair = mix.row(align=True)
+    pair.prop(settings, "mix_factor", slider=True)
+    pair.prop(settings, "mix_scale")
+    mix.operator("rerender.mix_looks", text="Mix", icon="MOD_MASK")
+    for level, message in appearance.jobs.messages[-2:]:
+        box.label(text=message[:90], icon="ERROR" if level == "ERROR" else "INFO")
+    for what in appearance.jobs.busy:
+        box.label(text=f"{what} …", icon="SORTTIME")
 
 
 def _wrap(text: str, width: int) -> list[str]:
