@@ -194,7 +194,7 @@ def test_render_view_transfers_appearance_without_transients(collection):
     assert not np.isin(labels, DEFAULT_CLASSES.transient_ids).any()
     static = ~np.isin(_labels(info.segmentation_path(day)), DEFAULT_CLASSES.transient_ids)
     assert np.mean(labels[static] == _labels(info.segmentation_path(day))[static]) > 0.999  # same view
-    assert photo.mean() < 0.6 * _photo(info.image_path(day)).mean()  # under the night's light
+    assert photo.mean() < 0.7 * _photo(info.image_path(day)).mean()  # under the night's light (floodlit facade)
 
 
 def _similarity_residuals(source: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -282,7 +282,7 @@ def _add_lights(scene, spec: SceneSpec) -> None:
         light.shadow_soft_size = 0.5
         obj = bpy.data.objects.new(PREFIX + f"flood_{k}", light)
         obj.location = xyz
-        obj["synth_night_energy"] = 4500.0
+        obj["synth_night_energy"] = 2500.0
         scene.collection.objects.link(obj)
 
 
@@ -376,7 +376,7 @@ def apply_appearance(scene, appearance: Appearance) -> None:
         if mat.name.startswith(PREFIX) and mat.node_tree is not None:
             for node in mat.node_tree.nodes:
                 if node.label == NIGHT_EMISSION_NODE:
-                    node.inputs["Emission Strength"].default_value = 3.0 * a.night_lights
+                    node.inputs["Emission Strength"].default_value = 2.0 * a.night_lights
     vs = scene.view_settings
     vs.exposure = a.exposure_ev
     vs.use_white_balance = True
