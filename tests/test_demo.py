@@ -262,3 +262,37 @@ def test_camera_accuracy_sees_through_a_similarity_and_catches_a_fold(tmp_path):
     assert good["median_center_error_m"] < 1e-6
     folded = camera_accuracy(workspace("folded", True), info.root)
     assert folded["median_center_error_of_spread"] > 0.05
+
+
+def test_true_segmentation_is_put_where_the_dataset_builder_looks(tmp_path):
+    """The builder skips photos whose segmentation is cached in D/work/segmentation/<stem>.png at the buffer size;
+    the demo writes the generator's truth there (nearest resize keeps class ids exact)."""
+    from support_colmap import write_tiny_workspace
+
+    from rerender.training.dataset_builder import buffer_size
+    from rerender.training.demo import prefill_true_segmentation
+
+    tiny = write_tiny_workspace(tmp_path / "ws")
+    truth_dir = tmp_path / "collection" / "ground_truth" / "segmentation"
+    truth_dir.mkdir(parents=True)
+    for name in tiny.image_names:
+        labels = np.full((120, 160), 2, np.uint8)
+        labels[:40] = 10  # sky on top
+        labels[100:, 60:80] = 11  # a person
+        Image.fromarray(labels).save(truth_dir / f"{Path(name).stem}.png")
+    assert prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64) == len(tiny.image_names)
+    for name in tiny.image_names:
+        seg = np.asarray(Image.open(tmp_path / "D" / "work" / "segmentation" / f"{Path(name).stem}.png"))
+        from rerender.training.dataset_builder import load_workspace
+
+        view = next(v for v in load_workspace(tmp_path / "ws")[1] if v.name == name)
+        assert (seg.shape[1], seg.shape[0]) == buffer_size(view.width, view.height, 64)
+        assert set(np.unique(seg)) == {2, 10, 11}
+    # a second call finds them all there
+    assert prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64) == 0
+    (truth_dir / f"{Path(tiny.image_names[0]).stem}.png").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "D")
+    with pytest.raises(DemoError, match="no ground-truth segmentation"):
+        prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64)
