@@ -177,12 +177,21 @@ def _brick_material(name, mode, c1, c2, mortar, brick_w, row_h, roughness, varia
     brick.inputs["Mortar Size"].default_value = 0.02
     brick.offset = 0.5
     nt.links.new(uv, brick.inputs["Vector"])
+    # Weathering stains at ~0.5-2 m and grain: every brick neighbourhood differs, so SIFT's ratio test does not
+    # reject the matches as it would on a clean, periodic brick pattern.
+    stains = _noise(nt, pos, 0.8, 5.0)
+    stained = nt.nodes.new("ShaderNodeMix")
+    stained.data_type = "RGBA"
+    stained.blend_type = "OVERLAY"
+    stained.inputs["Factor"].default_value = 0.6
+    nt.links.new(brick.outputs["Color"], stained.inputs["A"])
+    nt.links.new(stains.outputs["Color"], stained.inputs["B"])
     fine = _noise(nt, pos, 6.0, 6.0)
     mix = nt.nodes.new("ShaderNodeMix")
     mix.data_type = "RGBA"
     mix.blend_type = "OVERLAY"
     mix.inputs["Factor"].default_value = 0.35
-    nt.links.new(brick.outputs["Color"], mix.inputs["A"])
+    nt.links.new(stained.outputs["Result"], mix.inputs["A"])
     nt.links.new(fine.outputs["Color"], mix.inputs["B"])
     nt.links.new(_modulate(nt, mix.outputs["Result"], pos, var_scale, *variation), bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = roughness

@@ -138,6 +138,8 @@ def generate_collection(out: Path, *, count: int, width: int = 640, height: int 
     for i, cam in enumerate(info.cameras):
         image, seg = info.image_path(cam.name), info.segmentation_path(cam.name)
         if image.is_file() and seg.is_file() and not overwrite:
+            if progress is not None:  # kept from an earlier, interrupted run
+                progress(i + 1, len(info.cameras), cam.name, 0.0)
             continue
         view = render_camera(scene, cam, info.appearances[cam.name], info.transients[cam.name], info.scene.render)
         _save_jpeg(view.photo, image, info.scene.render.jpeg_quality)

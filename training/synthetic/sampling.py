@@ -19,7 +19,7 @@ DISTANCE_RANGE_M = (24.0, 42.0)
 HEIGHT_RANGE_M = (1.5, 10.0)
 FOCAL_RANGE_MM = (22.0, 45.0)
 ROLL_STD_DEG = 1.5
-MIN_VIEW_WIDTH_M = 26.0
+MIN_VIEW_WIDTH_M = 20.0
 EXPOSURE_RANGE_EV = 0.6
 
 
@@ -44,8 +44,9 @@ def sample_camera(seed: int, index: int, width: int, height: int,
         if all(np.hypot(center[0] - x, center[1] - y) > r for x, y, r in blocked):
             break
     target = (rng.normal(0.0, 3.0), rng.normal(-3.0, 2.0), rng.uniform(4.0, 11.0))
-    # Tourists frame the landmark: the view is at least MIN_VIEW_WIDTH_M wide at the landmark's distance.
-    longest = min(FOCAL_RANGE_MM[1], max(FOCAL_RANGE_MM[0], distance * 36.0 / MIN_VIEW_WIDTH_M))
+    # Tourists frame the landmark: the view is at least MIN_VIEW_WIDTH_M wide at the facade (about 11 m in
+    # front of the landmark's center).
+    longest = min(FOCAL_RANGE_MM[1], max(FOCAL_RANGE_MM[0], (distance - 11.0) * 36.0 / MIN_VIEW_WIDTH_M))
     focal = rng.uniform(FOCAL_RANGE_MM[0], longest)
     roll = float(np.clip(rng.normal(0.0, ROLL_STD_DEG), -4.0, 4.0))
     return make_camera(photo_name(index), center, target, focal_mm=focal, width=width, height=height, roll_deg=roll)
