@@ -185,14 +185,14 @@ def _brick_material(name, mode, c1, c2, mortar, brick_w, row_h, roughness, varia
     stained.blend_type = "OVERLAY"
     stained.inputs["Factor"].default_value = 0.6
     nt.links.new(brick.outputs["Color"], stained.inputs["A"])
-    nt.links.new(stains.outputs["Color"], stained.inputs["B"])
+    nt.links.new(stains.outputs["Fac"], stained.inputs["B"])
     fine = _noise(nt, pos, 6.0, 6.0)
     mix = nt.nodes.new("ShaderNodeMix")
     mix.data_type = "RGBA"
     mix.blend_type = "OVERLAY"
     mix.inputs["Factor"].default_value = 0.35
     nt.links.new(stained.outputs["Result"], mix.inputs["A"])
-    nt.links.new(fine.outputs["Color"], mix.inputs["B"])
+    nt.links.new(fine.outputs["Fac"], mix.inputs["B"])
     nt.links.new(_modulate(nt, mix.outputs["Result"], pos, var_scale, *variation), bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = roughness
     return mat

@@ -10,7 +10,9 @@ OpenImageIO that ships inside the bpy wheel (blender-facts.md).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,9 +37,12 @@ def _oiio():
 
 
 def _scratch_dir() -> Path:
+    """A per-process folder in RAM for the two render files of a view, removed when the process exits."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     path = Path(base) / f"rerender-synth-{os.getpid()}"
-    path.mkdir(exist_ok=True)
+    if not path.is_dir():
+        path.mkdir()
+        atexit.register(shutil.rmtree, path, True)
     return path
 
 
@@ -138,8 +143,7 @@ def _render_ground_truth(scene, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
     alpha = _pick(channels, ".A")
     ids = np.rint(_pick(channels, ".R"))
     segmentation = np.where(alpha > 0.5, ids, SKY).astype(np.uint8)
-    depth = np.where(alpha > 0.5, _pick(channels, "Depth.Z") if any(k.endswith("Depth.Z") for k in channels)
-                     else _pick(channels, ".Z"), np.inf).astype(np.float32)
+    depth = np.where(alpha > 0.5, _pick(channels, "Depth.Z"), np.inf).astype(np.float32)
     return segmentation, depth
 
 
