@@ -147,7 +147,7 @@ def ground_truth_eval(runtime: ModelRuntime, dataset_root: Path | str, truth: Tr
         raise GroundTruthEvalError(f"{dataset_root}: {len(records)} views; appearance transfer needs at least 3 "
                                    f"(view A, look B, a random other look C)")
     rng = random.Random(seed)
-    transient_ids = np.array(classes.transient_ids(), np.uint8)
+    transient_ids = np.array(classes.transient_ids, np.uint8)
     report = GroundTruthReport()
     by_name = {r.name: r for r in records}
     latents: dict[str, np.ndarray] = {}
