@@ -224,3 +224,30 @@ def test_similarity_residuals_factor_out_scale_rotation_translation():
     assert similarity_residuals(moved, points).max() < 1e-9
     mirrored = points * np.array([-1.0, 1.0, 1.0])  # a mirror is not a similarity: it must show
     assert np.median(similarity_residuals(mirrored, points)) > 1.0
+
+
+@pytest.mark.blender
+def test_animated_camera_follows_the_path():
+    import bpy
+
+    from rerender.training.synthetic.animation import animate_camera
+
+    info = plan_collection(8, width=320, height=240, seed=2)
+    path = camera_path(info.cameras, 12, keys=4)
+    scene = bpy.context.scene  # animation is flushed to the objects of the active scene's depsgraph only
+    saved = (scene.frame_start, scene.frame_end, scene.frame_current)
+    saved_size = (scene.render.resolution_x, scene.render.resolution_y)
+    obj = bpy.data.objects.new("test_synthetic_path_cam", bpy.data.cameras.new("test_synthetic_path_cam"))
+    scene.collection.objects.link(obj)
+    try:
+        first, last = animate_camera(obj, path, frame_start=5, scene=scene)
+        assert (first, last) == (5, 16) and (scene.frame_start, scene.frame_end) == (5, 16)
+        for k in (0, 7, 11):
+            scene.frame_set(5 + k)
+            assert np.allclose(np.array(obj.matrix_world), blender_matrix_world(path[k]), atol=1e-4)
+            assert obj.data.lens == pytest.approx(path[k].fx * 36.0 / path[k].width, rel=1e-5)
+    finally:
+        bpy.data.objects.remove(obj)
+        scene.frame_start, scene.frame_end = saved[:2]
+        scene.frame_set(saved[2])
+        scene.render.resolution_x, scene.render.resolution_y = saved_size
