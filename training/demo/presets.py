@@ -39,11 +39,12 @@ class DemoPreset:
 
 
 PRESETS: dict[str, DemoPreset] = {
-    "tiny": DemoPreset("tiny", photos=10, photo_size=(640, 480), quality="final", buffer_size=96, val_count=2,
+    "tiny": DemoPreset("tiny", photos=8, photo_size=(640, 480), quality="final", buffer_size=96, val_count=1,
                        load_size=64, crop_size=32, batch_size=2, steps=(4, 6, 4, 4),
                        network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8,
                                 "encoder_blocks": 2},
-                       vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2, poses="known", min_coverage=0.0),
+                       vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2, poses="known",
+                       min_coverage=0.0),
     "small": DemoPreset("small", photos=36, photo_size=(640, 480), quality="final", buffer_size=160, val_count=3,
                         load_size=128, crop_size=64, batch_size=4, steps=(60, 300, 100, 60),
                         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16,
