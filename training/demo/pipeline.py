@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,15 @@ class Demo:
         return {"method": method, "steps": trainer.global_step, "phases": list(trainer.completed),
                 "gallery": len(bundle.gallery), "vgg": trainer.vgg.weights_name, "device": device}
 
+    def _start_over(self, stage: str, *paths: Path) -> None:
+        """--redo STAGE means from scratch: remove what would otherwise be resumed (checkpoint, frames on disk)."""
+        if stage in self.o.redo:
+            for path in paths:
+                if path.is_dir():
+                    shutil.rmtree(path)
+
     def stage_train(self) -> dict:
+        self._start_over("train", self.run_dir, self.out / "run_i2i")
         facts = self._train("staged", self.run_dir)
         if self.o.baseline:
             facts["baseline"] = self._train("i2i", self.out / "run_i2i")
@@ -312,6 +321,7 @@ class Demo:
         from .backend_process import ServeProcess
         from .shot import render_frames
 
+        self._start_over("frames", self.frames_dir)
         with ServeProcess(self.bundle, device=self.o.device, log_path=self.out / "logs" / "serve.log") as serve:
             model = serve.info.get("model")
             name = model.get("bundle", model.get("name", "?")) if isinstance(model, dict) else model
