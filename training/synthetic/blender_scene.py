@@ -174,7 +174,8 @@ def _brick_material(name, mode, c1, c2, mortar, brick_w, row_h, roughness, varia
     brick.inputs["Scale"].default_value = 1.0
     brick.inputs["Brick Width"].default_value = brick_w
     brick.inputs["Row Height"].default_value = row_h
-    brick.inputs["Mortar Size"].default_value = 0.02
+    brick.inputs["Mortar Size"].default_value = 0.025
+    brick.inputs["Bias"].default_value = 0.0  # each brick a random shade between the two colors: SIFT-friendly
     brick.offset = 0.5
     nt.links.new(uv, brick.inputs["Vector"])
     # Weathering stains at ~0.5-2 m and grain: every brick neighbourhood differs, so SIFT's ratio test does not
@@ -231,10 +232,10 @@ def _flat_material(name, color, roughness, *, object_color=False, emission=None)
 
 def _make_materials() -> dict:
     return {
-        "stone": _brick_material("stone", "wall", (0.52, 0.47, 0.4), (0.42, 0.38, 0.32), (0.3, 0.28, 0.25), 0.9, 0.36, 0.8),
+        "stone": _brick_material("stone", "wall", (0.6, 0.54, 0.45), (0.3, 0.27, 0.23), (0.16, 0.15, 0.14), 0.9, 0.36, 0.8),
         "slate": _brick_material("slate", "wall", (0.16, 0.18, 0.22), (0.22, 0.22, 0.25), (0.1, 0.1, 0.12), 0.5, 0.25,
                                  0.6),
-        "paving": _brick_material("paving", "floor", (0.5, 0.47, 0.43), (0.42, 0.4, 0.37), (0.3, 0.29, 0.27), 0.6, 0.3,
+        "paving": _brick_material("paving", "floor", (0.52, 0.49, 0.45), (0.26, 0.25, 0.23), (0.14, 0.14, 0.13), 0.6, 0.3,
                                   0.85, variation=(0.6, 1.3), var_scale=0.08),
         "copper": _noise_material("copper", (0.2, 0.45, 0.38), (0.32, 0.28, 0.18), 0.6, 0.45, 0.3),
         "marble": _noise_material("marble", (0.6, 0.58, 0.55), (0.4, 0.38, 0.36), 1.5, 0.65),
