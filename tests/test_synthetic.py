@@ -202,6 +202,7 @@ def test_render_view_transfers_appearance_without_transients(collection):
 
 
 @pytest.mark.blender
+@pytest.mark.slow  # needs the rendered collection fixture
 def test_generation_resumes_and_refuses_a_different_collection(collection):
     from rerender.training.synthetic import generate_collection
 
