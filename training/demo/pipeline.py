@@ -226,7 +226,8 @@ class Demo:
             steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
             log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4,
             style_size=min(256, self.p.load_size), network=dict(self.p.network),
-            vgg_width_divisor=self.p.vgg_width_divisor, w_l1=self.p.w_l1, d_scales=2 if self.p.load_size <= 128 else 3,
+            vgg_width_divisor=self.p.vgg_width_divisor, w_l1=self.p.w_l1,
+            d_scales=2 if self.p.load_size <= 128 else 3,
             d_channels=16 if self.p.load_size <= 128 else 64, seed=self.o.seed)
 
     def _train(self, method: str, run_dir: Path) -> dict:
