@@ -199,7 +199,8 @@ class Demo:
         from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset
 
         opt = DatasetOptions(max_size=self.p.buffer_size, min_size=16, min_coverage=self.p.min_coverage,
-                             val_count=self.p.val_count, seed=self.o.seed, splat_px=self.splat_px(), segmenter_weights=self.o.segmenter_weights)
+                             val_count=self.p.val_count, seed=self.o.seed, splat_px=self.splat_px(),
+                             segmenter_weights=self.o.segmenter_weights)
         if self.o.segmenter == "truth":
             prefill_true_segmentation(self.workspace, self.dataset, self.collection, opt.max_size)
         try:
@@ -241,7 +242,8 @@ class Demo:
         device = self.o.device if self.o.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             trainer = Trainer(self.dataset, run_dir, self.train_config(), method=method,
-                              resume=(run_dir / "checkpoint.pt").is_file(), ctx=DistContext(device=torch.device(device)),
+                              resume=(run_dir / "checkpoint.pt").is_file(),
+                              ctx=DistContext(device=torch.device(device)),
                               progress=self.o.progress)
             trainer.run()
         except (DatasetError, TrainingError) as exc:
