@@ -252,3 +252,30 @@ def test_animated_camera_follows_the_path():
         scene.frame_start, scene.frame_end = saved[:2]
         scene.frame_set(saved[2])
         scene.render.resolution_x, scene.render.resolution_y = saved_size
+
+
+def test_transients_stay_apart_and_clear_of_the_photographer():
+    info = plan_collection(30, width=W, height=H, seed=9)
+    for cam in info.cameras:
+        people = [t for t in info.transients[cam.name] if t.kind == "person"]
+        cars = [t for t in info.transients[cam.name] if t.kind == "car"]
+        assert 2 <= len(people) <= 12 and len(cars) <= 3
+        for t in people:
+            assert np.hypot(t.x - cam.center[0], t.y - cam.center[1]) >= 4.0
+        for i, a in enumerate(people):
+            for b in people[i + 1:]:
+                assert np.hypot(a.x - b.x, a.y - b.y) >= 0.7
+        for i, a in enumerate(cars):
+            for b in cars[i + 1:]:
+                assert a.y != b.y or abs(a.x - b.x) >= 6.0
+
+
+def test_synth_command_rejects_bad_arguments(tmp_path, capsys):
+    from rerender import main
+
+    assert main(["synth", "--out", str(tmp_path / "o"), "--count", "0"]) == 2
+    assert "--count must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path / "o"), "--count", "2", "--size", "640by480"])
+    assert "size must look like 640x480" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing was started

@@ -114,7 +114,7 @@ def sample_appearance(seed: int, index: int, kind: str) -> Appearance:
 
 def sample_transients(seed: int, index: int, camera: PhotoCamera, landmark: dict[str, float] | None = None,
                       *, max_people: int = 12, max_cars: int = 3) -> list[Transient]:
-    """People on the squares and cars on the road, never within 4 m of the photographer."""
+    """People on the squares and cars on the road, never within 4 m of the photographer nor inside each other."""
     rng = photo_rng(seed, index, 2)
     cam_xy = camera.center[:2]
     out: list[Transient] = []
@@ -126,7 +126,8 @@ def sample_transients(seed: int, index: int, camera: PhotoCamera, landmark: dict
         r = regions[rng.choice(len(regions), p=areas / areas.sum())]
         xy = np.array([rng.uniform(r.x0, r.x1), rng.uniform(r.y0, r.y1)])
         if np.linalg.norm(xy - cam_xy) < 4.0 or any(np.hypot(xy[0] - x, xy[1] - y) < min(r, 1.0)
-                                                    for x, y, r in blocked):
+                                                    for x, y, r in blocked) \
+                or any(np.hypot(xy[0] - t.x, xy[1] - t.y) < 0.7 for t in out):  # nobody stands inside another
             continue
         clothes = rng.uniform(0.05, 0.9, size=3) * rng.choice([0.3, 1.0])
         out.append(Transient("person", float(xy[0]), float(xy[1]), float(rng.uniform(0, 360)),
@@ -135,7 +136,8 @@ def sample_transients(seed: int, index: int, camera: PhotoCamera, landmark: dict
     for _ in range(int(rng.integers(0, max_cars + 1))):
         y, heading = lanes[int(rng.integers(len(lanes)))]
         x = float(rng.uniform(-40.0, 40.0))
-        if np.linalg.norm(np.array([x, y]) - cam_xy) < 5.0:
+        if np.linalg.norm(np.array([x, y]) - cam_xy) < 5.0 or \
+                any(t.kind == "car" and t.y == y and abs(t.x - x) < 6.0 for t in out):  # no overlapping cars
             continue
         paint = rng.choice([[0.7, 0.05, 0.05], [0.05, 0.1, 0.5], [0.8, 0.8, 0.78], [0.05, 0.05, 0.05],
                             [0.5, 0.5, 0.52], [0.1, 0.35, 0.15]])
