@@ -279,3 +279,16 @@ def test_synth_command_rejects_bad_arguments(tmp_path, capsys):
         main(["synth", "--out", str(tmp_path / "o"), "--count", "2", "--size", "640by480"])
     assert "size must look like 640x480" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing was started
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_render_view_of_a_new_camera_from_a_bare_scene_description(collection):
+    from rerender.training.synthetic import render_view
+
+    out, info = collection
+    frame = camera_path(info.cameras, 5, keys=3)[2]
+    photo, labels = render_view(info.scene, frame, info.appearances[info.names[0]], width=80, height=60)
+    assert photo.shape == (60, 80, 3) and labels.shape == (60, 80)
+    assert 0.05 < np.mean(labels == BUILDING) < 0.98  # the path keeps the landmark in view
+    assert not np.isin(labels, DEFAULT_CLASSES.transient_ids).any()  # a new camera has no transients of its own
