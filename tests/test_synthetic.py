@@ -292,3 +292,23 @@ def test_render_view_of_a_new_camera_from_a_bare_scene_description(collection):
     assert photo.shape == (60, 80, 3) and labels.shape == (60, 80)
     assert 0.05 < np.mean(labels == BUILDING) < 0.98  # the path keeps the landmark in view
     assert not np.isin(labels, DEFAULT_CLASSES.transient_ids).any()  # a new camera has no transients of its own
+
+
+def test_camera_path_works_in_any_similarity_frame():
+    """An SfM reconstruction has its own frame (scale, rotation, origin): the path must follow the photos there."""
+    from rerender.training.synthetic.geometry import look_at_rotation
+
+    info = plan_collection(10, width=320, height=240, seed=4)
+    Q = look_at_rotation((0.0, 0.0, 0.0), (0.3, -1.0, 0.7), roll_deg=35.0)  # an arbitrary rotation
+    scale, shift = 0.13, np.array([3.0, -1.0, 2.0])
+
+    def to_sfm(cam):  # world' = scale * Q @ world + shift
+        R = np.asarray(cam.R) @ Q.T
+        t = scale * np.asarray(cam.t) - R @ shift
+        return PhotoCamera(cam.name, cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy, R.tolist(), t.tolist())
+
+    path = camera_path(info.cameras, 20, keys=4)
+    moved = camera_path([to_sfm(c) for c in info.cameras], 20, keys=4)
+    for a, b in zip(path, moved):
+        assert np.allclose(scale * Q @ a.center + shift, b.center, atol=1e-6)
+        assert np.allclose(np.asarray(a.R) @ Q.T, np.asarray(b.R), atol=1e-6)  # same view, no roll added

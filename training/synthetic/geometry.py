@@ -18,10 +18,12 @@ SENSOR_WIDTH_MM = 36.0
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-def look_at_rotation(center: Sequence[float], target: Sequence[float], roll_deg: float = 0.0) -> np.ndarray:
+def look_at_rotation(center: Sequence[float], target: Sequence[float], roll_deg: float = 0.0,
+                     up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """World->camera rotation (rows = camera x right, y down, z forward in world) looking from center at target.
 
-    World up is +Z. ``roll_deg`` turns the camera about its viewing axis (positive = clockwise in the image).
+    ``up`` is the world's up direction (+Z in the generator's scene; an SfM frame has its own).
+    ``roll_deg`` turns the camera about its viewing axis (positive = clockwise in the image).
     """
     center = np.asarray(center, dtype=np.float64)
     forward = np.asarray(target, dtype=np.float64) - center
@@ -29,7 +31,7 @@ def look_at_rotation(center: Sequence[float], target: Sequence[float], roll_deg:
     if norm < 1e-9:
         raise ValueError("camera center and target coincide; cannot aim the camera")
     forward /= norm
-    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right = np.cross(forward, np.asarray(up, dtype=np.float64))
     if np.linalg.norm(right) < 1e-6:
         raise ValueError("camera looks straight up or down; the roll is undefined")
     right /= np.linalg.norm(right)
@@ -40,9 +42,9 @@ def look_at_rotation(center: Sequence[float], target: Sequence[float], roll_deg:
 
 
 def make_camera(name: str, center: Sequence[float], target: Sequence[float], *, focal_mm: float, width: int,
-                height: int, roll_deg: float = 0.0) -> PhotoCamera:
+                height: int, roll_deg: float = 0.0, up: Sequence[float] = (0.0, 0.0, 1.0)) -> PhotoCamera:
     """A PINHOLE camera (fx = fy, centered principal point) from a position, an aim point and a 36 mm-sensor lens."""
-    R = look_at_rotation(center, target, roll_deg)
+    R = look_at_rotation(center, target, roll_deg, up)
     t = -R @ np.asarray(center, dtype=np.float64)
     f = focal_mm * width / SENSOR_WIDTH_MM
     return PhotoCamera(name, int(width), int(height), f, f, width / 2.0, height / 2.0, R.tolist(), t.tolist())
@@ -112,8 +114,10 @@ def camera_path(cameras: Sequence[PhotoCamera], frames: int, *, keys: int = 6, l
 
     Why: the demo flies a camera through the place the photos saw, so every frame stays inside the region the
     reconstruction covers. Key viewpoints are ``keys`` photo cameras spread evenly by azimuth around ``look_at``
-    (default: the mean of the points the photos aim at); positions, aim point and focal length follow Catmull-Rom
-    splines through them; there is no roll, like a stabilised drone shot.
+    (default: the point closest to all their optical axes); positions, aim point and focal length follow Catmull-Rom
+    splines through them; there is no roll, like a stabilised drone shot. Works in any similarity frame (an SfM
+    reconstruction's too): "up" is the photos' mean image-up direction (people hold cameras upright) and the
+    azimuth is measured around it.
     """
     if len(cameras) < 2:
         raise ValueError(f"a camera path needs at least 2 photo cameras, got {len(cameras)}")
@@ -124,8 +128,19 @@ def camera_path(cameras: Sequence[PhotoCamera], frames: int, *, keys: int = 6, l
     if look_at is None:
         look_at = nearest_point_to_axes(centers, forwards)
     pivot = np.asarray(look_at, dtype=np.float64)
-    azimuth = np.arctan2(centers[:, 1] - pivot[1], centers[:, 0] - pivot[0])
+    up = -np.array([np.asarray(c.R)[1] for c in cameras]).mean(axis=0)  # COLMAP's camera y points down
+    up /= np.linalg.norm(up)
+    e1 = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    offsets = centers - pivot
+    azimuth = np.arctan2(offsets @ e2, offsets @ e1)
     order = np.argsort(azimuth)
+    # Open the circle of viewpoints at its widest empty gap: the path runs from one end of the photos' arc to the
+    # other, whatever direction the frame's azimuth 0 happens to point to.
+    sorted_az = azimuth[order]
+    gaps = np.diff(np.concatenate([sorted_az, sorted_az[:1] + 2 * np.pi]))
+    order = np.roll(order, -(int(np.argmax(gaps)) + 1))
     picks = order[np.unique(np.linspace(0, len(order) - 1, min(keys, len(order))).round().astype(int))]
     key_centers = centers[picks]
     key_targets = np.array([centers[i] + forwards[i] * np.linalg.norm(pivot - centers[i]) for i in picks])
@@ -140,7 +155,7 @@ def camera_path(cameras: Sequence[PhotoCamera], frames: int, *, keys: int = 6, l
     path = []
     for k in range(frames):
         f_mm = float(focal[k]) * SENSOR_WIDTH_MM
-        path.append(make_camera(f"path_{k:04d}", pos[k], aim[k], focal_mm=f_mm, width=W, height=H))
+        path.append(make_camera(f"path_{k:04d}", pos[k], aim[k], focal_mm=f_mm, width=W, height=H, up=up))
     return path
 
 
