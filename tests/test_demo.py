@@ -280,7 +280,8 @@ def test_true_segmentation_is_put_where_the_dataset_builder_looks(tmp_path):
         labels[:40] = 10  # sky on top
         labels[100:, 60:80] = 11  # a person
         Image.fromarray(labels).save(truth_dir / f"{Path(name).stem}.png")
-    assert prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64) == len(tiny.image_names)
+    written = prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64)
+    assert written == len(tiny.image_names)
     for name in tiny.image_names:
         seg = np.asarray(Image.open(tmp_path / "D" / "work" / "segmentation" / f"{Path(name).stem}.png"))
         from rerender.training.dataset_builder import load_workspace

@@ -61,7 +61,8 @@ class GroundTruthReport:
         if self.transient:
             out["transient"] = {
                 "views": len(self.transient),
-                "l1_in_transient_region_labels_without_people": float(np.mean([r["l1_without"] for r in self.transient])),
+                "l1_in_transient_region_labels_without_people":
+                    float(np.mean([r["l1_without"] for r in self.transient])),
                 "l1_in_transient_region_labels_with_people": float(np.mean([r["l1_with"] for r in self.transient])),
                 "without_beats_with": float(np.mean([r["l1_without"] < r["l1_with"] for r in self.transient])),
             }
@@ -84,7 +85,8 @@ class GroundTruthReport:
                       f"\nB's latent beats the random one in {100 * t['b_beats_random']:.0f} % of pairs.\n"]
         if "transient" in s:
             t = s["transient"]
-            lines += ["| Transient test (L1 in the people/car pixels vs the true people-free render) | views | L1 ↓ |",
+            lines += ["| Transient test (L1 in the people/car pixels vs the true people-free render) "
+                      "| views | L1 ↓ |",
                       "|---|---|---|",
                       f"| label pass without people | {t['views']} | "
                       f"{t['l1_in_transient_region_labels_without_people']:.2f} |",

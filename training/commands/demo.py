@@ -1,5 +1,5 @@
-"""``rerender demo --out results/demo``: generated photos → SfM → dataset → training → bundle → Blender shot →
-rendered frames, GIF, contact sheet and evaluation, in one resumable results folder (docs/demo.md)."""
+"""``rerender demo --out results/demo``: generated photos → SfM → dataset → training → bundle → Blender
+shot → rendered frames, GIF, contact sheet and evaluation, in one resumable results folder (docs/demo.md)."""
 
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ class ServeProcess:
                     if time.monotonic() > deadline:
                         self.stop()
                         raise BackendStartError(f"`rerender serve` did not answer within {self.start_timeout:.0f} s "
-                                                f"at {self.address}; its log ({self.log_path}):\n{self.log()}") from None
+                                                f"at {self.address}; its log ({self.log_path}):\n{self.log()}"
+                                                ) from None
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
