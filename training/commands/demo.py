@@ -24,6 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=None, help="override the preset's number of rendered frames")
     parser.add_argument("--eval-size", type=int, default=None, dest="eval_pairs",
                         help="held-out views (appearance-transfer pairs) of the ground-truth evaluation")
+    parser.add_argument("--val-count", type=int, default=None,
+                        help="held-out views of the dataset (default: the preset's); the Table 1 views")
     parser.add_argument("--baseline", action="store_true",
                         help="also train the I2I baseline and put it in the Table 1 comparison (the larger evaluation)")
     parser.add_argument("--segmenter", default="truth", choices=("truth", "espnet"),
@@ -50,13 +52,19 @@ def run(args: argparse.Namespace) -> int:
             print("rerender demo: --gpu/--device cuda asked for, but torch sees no CUDA device; run without --gpu "
                   "(CPU) or install a CUDA build of torch", file=sys.stderr)
             return 2
-    for name in ("photos", "frames", "eval_pairs"):
+    for name, flag, least in (("photos", "--photos", 3), ("frames", "--frames", 2), ("eval_pairs", "--eval-size", 1),
+                              ("val_count", "--val-count", 1)):
         value = getattr(args, name)
-        if value is not None and value < (3 if name == "photos" else 2 if name == "frames" else 1):
-            print(f"rerender demo: --{name.replace('_pairs', '-size')} {value} is too small", file=sys.stderr)
+        if value is not None and value < least:
+            print(f"rerender demo: {flag} {value} is too small (at least {least})", file=sys.stderr)
             return 2
+    p = preset(args.size, photos=args.photos, frames=args.frames, eval_pairs=args.eval_pairs, poses=args.poses,
+               val_count=args.val_count)
+    if p.val_count > p.photos - 3:
+        print(f"rerender demo: --val-count {p.val_count} leaves no training photos of {p.photos} (appearance "
+              f"pretraining needs at least 3); hold out fewer or generate more (--photos)", file=sys.stderr)
+        return 2
     try:
-        p = preset(args.size, photos=args.photos, frames=args.frames, eval_pairs=args.eval_pairs, poses=args.poses)
         demo = Demo(DemoOptions(out=args.out, preset=p, device=device, seed=args.seed, segmenter=args.segmenter,
                                 segmenter_weights=str(args.segmenter_weights) if args.segmenter_weights else None,
                                 baseline=args.baseline, progress=not args.no_progress, redo=tuple(args.redo)))
