@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rerender.bridge.buffers import DeepBuffer
 
-from .point_labels import LabelledView, label_dense_points, label_sparse_points, read_ply_xyz, write_point_labels
+from .point_labels import LabelledView, label_dense_points, label_sparse_points, write_point_labels
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,9 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
                 seg = segmentation_of(v.name)
                 if seg is not None:
                     labelled.append(LabelledView(v.R, v.t, v.fx, v.fy, v.cx, v.cy, v.width, v.height, seg))
-            fused_labels = label_dense_points(read_ply_xyz(fused), labelled, len(classes))
+            from rerender.addon.colmap_import import read_ply_points  # the add-on's reader: one PLY parser
+
+            fused_labels = label_dense_points(read_ply_points(fused)[0].astype(np.float64), labelled, len(classes))
         write_point_labels(ws, point_ids, labels, fused_labels)
 
     # phase 3: deep buffers ------------------------------------------------------------------------------------
