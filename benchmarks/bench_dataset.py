@@ -55,7 +55,7 @@ def main() -> None:
         segmenter = EspnetSegmenter(args.weights, max_side=size)
         t_buf, t_seg, coverage = [], [], []
         for v in views:
-            w, h = buffer_size(v.width, v.height, size)
+            w, h = buffer_size(v.camera.width, v.camera.height, size)
             t0 = time.perf_counter()
             buf = render_deep_buffer(scene, imported.cameras[v.name], resolution=(w, h), splat_px=3.0)
             t_buf.append(time.perf_counter() - t0)

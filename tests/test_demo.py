@@ -289,7 +289,7 @@ def test_true_segmentation_is_put_where_the_dataset_builder_looks(tmp_path):
         from rerender.training.dataset_builder import load_workspace
 
         view = next(v for v in load_workspace(tmp_path / "ws")[1] if v.name == name)
-        assert (seg.shape[1], seg.shape[0]) == buffer_size(view.width, view.height, 64)
+        assert (seg.shape[1], seg.shape[0]) == buffer_size(view.camera.width, view.camera.height, 64)
         assert set(np.unique(seg)) == {2, 10, 11}
     # a second call finds them all there
     assert prefill_true_segmentation(tmp_path / "ws", tmp_path / "D", tmp_path / "collection", 64) == 0

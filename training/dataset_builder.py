@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rerender.addon.cameras import ColmapCamera
 from rerender.bridge.buffers import DeepBuffer
 
 from .point_labels import LabelledView, label_dense_points, label_sparse_points, write_point_labels
@@ -109,15 +110,10 @@ def depth_stats(samples: list[np.ndarray]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class WorkspaceView:
+    """A registered photo of the workspace and its undistorted PINHOLE camera at the photo's full size."""
+
     name: str
-    R: np.ndarray
-    t: np.ndarray
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
+    camera: ColmapCamera
 
 
 def load_workspace(workspace: Path):
@@ -155,8 +151,9 @@ def load_workspace(workspace: Path):
                                f"cameras (`rerender reconstruct` does that; or run COLMAP's image_undistorter)")
         pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
         m = pose.matrix()
-        views.append(WorkspaceView(image.name, np.asarray(m[:, :3]), np.asarray(m[:, 3]), float(fx), float(fy),
-                                   float(cx), float(cy), int(cam.width), int(cam.height)))
+        views.append(WorkspaceView(image.name, ColmapCamera(np.asarray(m[:, :3]), np.asarray(m[:, 3]), float(fx),
+                                                            float(fy), float(cx), float(cy), int(cam.width),
+                                                            int(cam.height))))
     if not views:
         raise DatasetError(f"the model in {model} has no registered photos; rerun `rerender reconstruct` with more "
                            f"overlapping photos")
@@ -207,9 +204,9 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
     todo = [v for v in views if not (work / "views" / f"{view_stem(v.name)}.json").exists()]
     for v in tqdm(views, desc="segment", unit="photo", disable=not progress):
         stem = view_stem(v.name)
-        sizes[v.name] = buffer_size(v.width, v.height, opt.max_size)
-        if min(v.width, v.height) < opt.min_size:
-            early_drop[v.name] = (f"too small: {v.width}x{v.height} px, the shorter side is below {opt.min_size} px "
+        sizes[v.name] = buffer_size(v.camera.width, v.camera.height, opt.max_size)
+        if min(v.camera.width, v.camera.height) < opt.min_size:
+            early_drop[v.name] = (f"too small: {v.camera.width}x{v.camera.height} px, the shorter side is below {opt.min_size} px "
                                   f"(--min-size)")
             continue
         seg_path = work / "segmentation" / f"{stem}.png"
@@ -247,7 +244,7 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
             for v in views:
                 seg = segmentation_of(v.name)
                 if seg is not None:
-                    labelled.append(LabelledView(v.R, v.t, v.fx, v.fy, v.cx, v.cy, v.width, v.height, seg))
+                    labelled.append(LabelledView(v.camera, seg))
             from rerender.addon.colmap_import import read_ply_points  # the add-on's reader: one PLY parser
 
             fused_labels = label_dense_points(read_ply_points(fused)[0].astype(np.float64), labelled, len(classes))
@@ -363,7 +360,8 @@ def _build_scene_from_parts(ws: Path, rec, views: list[WorkspaceView], scene) ->
     for v in views:
         cam = bpy.data.objects.new(view_stem(v.name), bpy.data.cameras.new(view_stem(v.name)))
         coll.objects.link(cam)
-        set_camera_from_colmap(cam, v.R, v.t, v.fx, v.fy, v.cx, v.cy, v.width, v.height)
+        c = v.camera
+        set_camera_from_colmap(cam, c.R, c.t, c.fx, c.fy, c.cx, c.cy, c.width, c.height)
         cameras[v.name] = cam
     return cameras
 
@@ -395,13 +393,14 @@ def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: Dataset
         if v.name not in split:
             continue
         rec = records[v.name]
-        sx, sy = rec["width"] / v.width, rec["height"] / v.height
+        c = v.camera
+        sx, sy = rec["width"] / c.width, rec["height"] / c.height
         entries.append({
             "name": v.name, "stem": view_stem(v.name), "split": split[v.name],
             "width": rec["width"], "height": rec["height"], "coverage": rec["coverage"],
-            "camera": {"model": "PINHOLE", "params": [v.fx * sx, v.fy * sy, v.cx * sx, v.cy * sy],
-                       "R": np.asarray(v.R).tolist(), "t": np.asarray(v.t).tolist(),
-                       "photo_size": [v.width, v.height]},
+            "camera": {"model": "PINHOLE", "params": [c.fx * sx, c.fy * sy, c.cx * sx, c.cy * sy],
+                       "R": np.asarray(c.R).tolist(), "t": np.asarray(c.t).tolist(),
+                       "photo_size": [c.width, c.height]},
         })
     report.train = sum(e["split"] == "train" for e in entries)
     report.val = len(entries) - report.train

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rerender.addon.cameras import ColmapCamera
 from rerender.bridge.classes import UNKNOWN
 
 LABELS_FILE = Path("rerender") / "point_labels.npz"
@@ -31,14 +32,7 @@ LABELS_FILE = Path("rerender") / "point_labels.npz"
 class LabelledView:
     """A photo's camera (COLMAP conventions, at the photo's full size) and its segmentation (any size)."""
 
-    R: np.ndarray
-    t: np.ndarray
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
+    camera: ColmapCamera
     segmentation: np.ndarray  # uint8 h x w class ids
 
 
@@ -95,24 +89,25 @@ def label_dense_points(xyz: np.ndarray, views: Iterable[LabelledView], num_class
     xyz = np.asarray(xyz, np.float64)
     votes = np.zeros((len(xyz), num_classes), np.int32)
     for v in views:
-        cam = xyz @ np.asarray(v.R, np.float64).T + np.asarray(v.t, np.float64)
+        c = v.camera
+        cam = xyz @ np.asarray(c.R, np.float64).T + np.asarray(c.t, np.float64)
         z = cam[:, 2]
         front = z > 1e-6
         u = np.full(len(xyz), -1.0)
         w = np.full(len(xyz), -1.0)
-        u[front] = v.fx * cam[front, 0] / z[front] + v.cx
-        w[front] = v.fy * cam[front, 1] / z[front] + v.cy
-        inside = front & (u >= 0) & (u < v.width) & (w >= 0) & (w < v.height)
+        u[front] = c.fx * cam[front, 0] / z[front] + c.cx
+        w[front] = c.fy * cam[front, 1] / z[front] + c.cy
+        inside = front & (u >= 0) & (u < c.width) & (w >= 0) & (w < c.height)
         if not inside.any():
             continue
         idx = np.nonzero(inside)[0]
-        gw = v.width // cell_px + 1
+        gw = c.width // cell_px + 1
         cell = (w[idx] // cell_px).astype(np.int64) * gw + (u[idx] // cell_px).astype(np.int64)
-        zbuf = np.full((v.height // cell_px + 1) * gw, np.inf)
+        zbuf = np.full((c.height // cell_px + 1) * gw, np.inf)
         np.minimum.at(zbuf, cell, z[idx])
         visible = z[idx] <= zbuf[cell] * (1.0 + depth_tolerance)
         idx = idx[visible]
-        lab = _pixel_lookup(v.segmentation, np.stack([u[idx], w[idx]], 1), v.width, v.height)
+        lab = _pixel_lookup(v.segmentation, np.stack([u[idx], w[idx]], 1), c.width, c.height)
         valid = lab < num_classes
         np.add.at(votes, (idx[valid], lab[valid].astype(np.int64)), 1)
     return majority(votes)

@@ -413,7 +413,7 @@ def prefill_true_segmentation(workspace: Path, dataset: Path, collection: Path, 
         truth = collection / "ground_truth" / "segmentation" / f"{Path(v.name).stem}.png"
         if not truth.is_file():
             raise DemoError(f"dataset: no ground-truth segmentation {truth} for photo {v.name}")
-        w, h = buffer_size(v.width, v.height, max_size)
+        w, h = buffer_size(v.camera.width, v.camera.height, max_size)
         Image.open(truth).resize((w, h), Image.NEAREST).save(target)
         written += 1
     return written
