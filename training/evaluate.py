@@ -40,15 +40,22 @@ class EvalResult:
         return {"bundle": self.bundle, "dataset": self.dataset, "vgg_weights": self.vgg_weights,
                 "count": len(self.per_view), "mean": self.mean, "views": self.per_view}
 
-    def markdown(self) -> str:
+    def markdown(self, label: str | None = None) -> str:
         """The paper's Table 1 columns (VGG, L1, PSNR) plus SSIM, for this bundle."""
-        m = self.mean
-        lines = [f"| Model | Views | VGG ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ |", "|---|---|---|---|---|---|",
-                 f"| {Path(self.bundle).name} | {len(self.per_view)} | {m['vgg']:.4f} | {m['l1']:.2f} | "
-                 f"{m['psnr']:.2f} | {m['ssim']:.4f} |"]
-        note = "" if self.vgg_weights.startswith("imagenet") else \
-            f"\n\nVGG column computed with {self.vgg_weights}: not comparable to the paper."
-        return "\n".join(lines) + note + "\n"
+        return table1_markdown([(label or Path(self.bundle).name, self)])
+
+
+def table1_markdown(rows: list[tuple[str, EvalResult]]) -> str:
+    """One Table 1 (VGG, L1, PSNR, SSIM) with a row per model, so methods compare side by side."""
+    lines = ["| Model | Views | VGG ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ |", "|---|---|---|---|---|---|"]
+    for label, result in rows:
+        m = result.mean
+        lines.append(f"| {label} | {len(result.per_view)} | {m['vgg']:.4f} | {m['l1']:.2f} | {m['psnr']:.2f} | "
+                     f"{m['ssim']:.4f} |")
+    weights = {result.vgg_weights for _, result in rows}
+    note = "".join(f"\n\nVGG column computed with {w}: not comparable to the paper."
+                   for w in sorted(weights) if not w.startswith("imagenet"))
+    return "\n".join(lines) + note + "\n"
 
 
 def _with_labels(buffer: DeepBuffer, segmentation: np.ndarray) -> DeepBuffer:

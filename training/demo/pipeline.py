@@ -273,7 +273,7 @@ class Demo:
 
     def stage_evaluate(self) -> dict:
         from rerender.backend.runtime import ModelRuntime
-        from rerender.training.evaluate import evaluate
+        from rerender.training.evaluate import evaluate, table1_markdown
         from rerender.training.gt_eval import SHEET_HEADERS, ground_truth_eval, synthetic_truth, write_report
 
         from .media import contact_sheet
@@ -283,12 +283,13 @@ class Demo:
         table = evaluate(self.bundle, self.dataset, self.evaluation / "staged", device=device, vgg=vgg,
                          progress=self.o.progress)
         facts: dict[str, Any] = {"table1": {"staged": table.mean}, "vgg_weights": table.vgg_weights}
-        lines = ["## Reconstruction of held-out photos (the paper's Table 1)", "", table.markdown()]
+        table_rows = [("+Sem+StagedApp (staged)", table)]
         if self.o.baseline and (self.out / "run_i2i" / "bundle").is_dir():
             base = evaluate(self.out / "run_i2i" / "bundle", self.dataset, self.evaluation / "i2i", device=device,
                             vgg=vgg, progress=self.o.progress)
             facts["table1"]["i2i"] = base.mean
-            lines += [base.markdown()]
+            table_rows.append(("I2I (no appearance, no semantics)", base))
+        lines = ["## Reconstruction of held-out photos (the paper's Table 1)", "", table1_markdown(table_rows)]
         runtime = ModelRuntime(self.bundle, device)
         rows: list = []
         report = ground_truth_eval(runtime, self.dataset, synthetic_truth(self.collection),
