@@ -16,32 +16,12 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from support_backend import BackendProcess, free_tcp_address, make_small_bundle  # noqa: E402
+from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
 
 pytestmark = pytest.mark.blender
 
 W, H = 64, 48  # multiples of the small bundle's U-Net multiple (4)
 BUILDING, PERSON = 2, 11
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    bundle = make_small_bundle(tmp_path_factory.mktemp("bundle"))
-    with BackendProcess(bundle, free_tcp_address()) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def addon(backend):
-    import addon_utils
-
-    module = addon_utils.enable("rerender.addon", default_set=True)
-    assert module is not None, "addon_utils.enable('rerender.addon') failed (see the log above)"
-    prefs = bpy.context.preferences.addons["rerender.addon"].preferences
-    prefs.address = backend.address
-    prefs.timeout = 20.0
-    yield module
-    addon_utils.disable("rerender.addon", default_set=True)
 
 
 @pytest.fixture()
