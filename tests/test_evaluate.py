@@ -17,15 +17,7 @@ from rerender.training.export import export_bundle
 from rerender.training.trainer import Trainer
 from rerender.training.vgg import load_vgg19
 
-from support_dataset import make_dataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support_dataset import make_dataset, one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
