@@ -31,7 +31,7 @@ from torch import nn
 from rerender.bridge.classes import CITYSCAPES, DEFAULT_CLASSES, ClassTable, SemanticClass
 
 from .encoding import InputEncoding
-from .networks import AppearanceEncoder, Rerenderer, SemanticPredictor
+from .networks import CONDITIONING_MODES, AppearanceEncoder, Rerenderer, SemanticPredictor
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -67,6 +67,9 @@ class BundleConfig:
     use_semantics: bool = True
     encoder_channels: int = 64
     encoder_blocks: int = 3
+    # how the latent enters R: "concat" (the paper's bottleneck concatenation) or "film" (that plus FiLM of every
+    # decoder stage). The default is "concat" because a config.json written before this field existed means it.
+    appearance_conditioning: str = "concat"
     classes: ClassTable = field(default_factory=lambda: DEFAULT_CLASSES)
     encoding: InputEncoding | None = None  # None -> derived from `classes` with default depth range
     training_resolution: tuple[int, int] = (512, 512)  # (H, W) of the training views (crops are smaller)
@@ -84,6 +87,9 @@ class BundleConfig:
                 raise BundleError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_size < 0:
             raise BundleError(f"latent_size must be >= 0, got {self.latent_size}")
+        if self.appearance_conditioning not in CONDITIONING_MODES:
+            raise BundleError(f"appearance_conditioning must be one of {', '.join(CONDITIONING_MODES)}, got "
+                              f"{self.appearance_conditioning!r}")
         self.training_resolution = tuple(int(v) for v in self.training_resolution)
 
     @property
@@ -333,7 +339,7 @@ def init_bundle(out: str | Path, *, base_channels: int = 32, depth: int = 6, max
                 latent_size: int = 8, num_classes: int = 19, encoder_channels: int = 64, encoder_blocks: int = 3,
                 use_semantics: bool = True, label_mode: str = "color", near: float = 1.0, far: float = 100.0,
                 training_resolution: tuple[int, int] = (512, 512), name: str = "untitled", seed: int = 0,
-                gallery_size: int = len(GALLERY_NAMES)) -> Bundle:
+                gallery_size: int = len(GALLERY_NAMES), appearance_conditioning: str = "concat") -> Bundle:
     """Write a bundle with freshly initialised weights and a small random gallery, and return it (loaded).
 
     For tests and for checking a whole pipeline (Blender -> bridge -> backend) before any training.
@@ -344,6 +350,7 @@ def init_bundle(out: str | Path, *, base_channels: int = 32, depth: int = 6, max
         use_semantics=use_semantics, encoder_channels=encoder_channels, encoder_blocks=encoder_blocks,
         classes=classes, encoding=InputEncoding.for_classes(classes, label_mode=label_mode, near=near, far=far),
         training_resolution=training_resolution, notes={"stage": "untrained", "seed": seed},
+        appearance_conditioning=appearance_conditioning,
     )
     gallery = []
     if latent_size:

@@ -17,6 +17,7 @@ METHODS = ("staged", "i2i", "sem", "bicycle")
 STAGES = ("all", "1", "2", "3")
 
 # VGG layers of the perceptual loss and the style (Gram) distance, and the perceptual weights of the authors' code.
+FEATURE_CHOICES = ("auto", "vgg19", "segmenter")  # the same tuple as features.FEATURE_CHOICES (no torch import here)
 VGG_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
 PAPER_VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
@@ -50,6 +51,10 @@ class TrainConfig:
     triplet_margin: float = 0.1
     triplet_k_near: int = 5
     triplet_k_far: int = 13
+    # > 0: the margin is this fraction of the pair's mean squared distance instead of the absolute triplet_margin.
+    # Why: an absolute margin of 0.1 is met at initialisation (measured: loss ~0 from step 50), because the
+    # encoder's latents are already far apart; a relative margin cannot be met by scale alone.
+    triplet_relative_margin: float = 0.0
     style_size: int = 256  # central crop the style distance is computed on
     # BicycleGAN-style baseline (+Sem+BaseApp)
     w_kl: float = 0.01
@@ -73,6 +78,13 @@ class TrainConfig:
     network: dict[str, Any] = field(default_factory=dict)  # BundleConfig sizes (base_channels, depth, ...)
     vgg_width_divisor: int = 1  # 1 = the real VGG19 (ImageNet weights load); tests shrink it
     vgg_weights: str | None = None  # path to torchvision's vgg19-*.pth; None = torch hub cache / download
+    # feature network of the perceptual loss and the style distance (training/features.py): auto = ImageNet VGG19
+    # where it loads, else the segmenter's encoder, else a random VGG19 (loudly); or "vgg19" / "segmenter"
+    features: str = "auto"
+    segmenter_weights: str | None = None  # ESPNet .pth (or a folder holding it) for features "segmenter"/"auto"
+    # how the latent enters the rerenderer: "film" (FiLM on every decoder stage + bottleneck concat) or "concat"
+    # (the paper's bottleneck concatenation only); docs/evaluation.md has the A/B
+    appearance_conditioning: str = "film"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +97,13 @@ class TrainConfig:
             raise ConfigError(f"vgg_layer_weights needs {len(VGG_LAYERS)} values ({', '.join(VGG_LAYERS)})")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if self.features not in FEATURE_CHOICES:
+            raise ConfigError(f"features must be one of {', '.join(FEATURE_CHOICES)}, got {self.features!r}")
+        if self.appearance_conditioning not in ("concat", "film"):
+            raise ConfigError(f"appearance_conditioning must be 'concat' or 'film', got "
+                              f"{self.appearance_conditioning!r}")
+        if not 0.0 <= self.triplet_relative_margin < 2.0:
+            raise ConfigError(f"triplet_relative_margin must be in [0, 2), got {self.triplet_relative_margin}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "TrainConfig":
@@ -93,7 +112,7 @@ class TrainConfig:
             load_size=64, crop_size=32, batch_size=2, num_workers=0, cache_views=True, vgg_width_divisor=8, style_size=32,
             steps_stage1=4, steps_stage2=4, steps_stage3=4, steps_semantic=4, steps_baseline=4,
             checkpoint_every=2, validate_every=4, log_every=1, num_val_images=2, triplet_k_near=1,
-            triplet_k_far=1, d_scales=2, d_channels=8, mixed_precision=False,
+            triplet_k_far=1, d_scales=2, d_channels=8, mixed_precision=False, features="vgg19",
             network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8, "encoder_blocks": 2},
         )
         values.update(overrides)

@@ -48,7 +48,7 @@ def export_bundle(trainer: Trainer, path: str | Path) -> Bundle:
     config = copy.deepcopy(trainer.bundle_config)
     config.notes = {"method": trainer.method, "phases_completed": list(trainer.completed),
                     "global_step": trainer.global_step, "dataset": str(trainer.dataset_root),
-                    "vgg": trainer.vgg.weights_name}
+                    "vgg": trainer.vgg.weights_name, "features": trainer.vgg.weights_name}
     cpu = lambda m: copy.deepcopy(m).to("cpu").eval() if m is not None else None  # noqa: E731
     bundle = Bundle(config, cpu(trainer.ema_R.module), cpu(trainer.ema_E.module if trainer.ema_E else None),
                     cpu(trainer.S), gallery_latents(trainer))

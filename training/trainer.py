@@ -30,11 +30,12 @@ from rerender.backend.bundle import BundleConfig, build_networks
 from rerender.backend.encoding import InputEncoding
 
 from . import losses
-from .config import METHODS, TrainConfig, VGG_LAYERS
+from .config import METHODS, TrainConfig
 from .data import AlignedDataset, BatchIterator, EpochSampler, DatasetError, collate, photos_tensor
 from .discriminator import MultiscaleDiscriminator
 from .distributed import DistContext, all_reduce_gradients, all_reduce_mean, barrier, broadcast_parameters
-from .vgg import VGG19Features, load_vgg19
+from .features import feature_scale_for, layer_weights_for, load_features
+from .vgg import VGG19Features
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ def bundle_config_for(method: str, config: TrainConfig, dataset: AlignedDataset,
     net = dict(config.network)
     encoding = InputEncoding.for_dataset(dataset.manifest.get("depth_stats") or {"p01": 1.0, "p99": 100.0},
                                          dataset.classes, **net.pop("encoding", {}))
-    return BundleConfig(name=name, latent_size=0 if method in ("i2i", "sem") else config.latent_size,
+    latent = 0 if method in ("i2i", "sem") else config.latent_size
+    conditioning = net.pop("appearance_conditioning", config.appearance_conditioning) if latent else "concat"
+    return BundleConfig(name=name, latent_size=latent, appearance_conditioning=conditioning,
                         use_semantics=method != "i2i", classes=dataset.classes, encoding=encoding,
                         training_resolution=(config.load_size, config.load_size), **net)
 
@@ -125,7 +128,13 @@ class Trainer:
         self.D = MultiscaleDiscriminator(in_d, config.d_channels, config.d_scales).to(self.device)
         self.ema_R = EMA(self.R, config.ema_decay)
         self.ema_E = EMA(self.E, config.ema_decay) if self.E is not None else None
-        self.vgg = (vgg or load_vgg19(config.vgg_weights, width_divisor=config.vgg_width_divisor)).to(self.device)
+        # the feature network of the perceptual loss and style distance (ImageNet VGG19, else the segmenter's
+        # encoder, else a random VGG19: training/features.py); named in run.json, the log and the bundle
+        self.vgg = (vgg or load_features(config.features, vgg_weights=config.vgg_weights,
+                                         width_divisor=config.vgg_width_divisor,
+                                         segmenter_weights=config.segmenter_weights)).to(self.device)
+        self.feature_weights = layer_weights_for(self.vgg, config.vgg_layer_weights)
+        self.feature_scale = feature_scale_for(self.vgg, config.vgg_feature_scale)
         self.opt: dict[str, torch.optim.Optimizer] = {
             "R": adam(self.R.parameters(), config.lr, config),
             "D": adam(self.D.parameters(), config.lr, config),
@@ -159,7 +168,10 @@ class Trainer:
             config.save(self.out / "train_config.json")
             (self.out / "run.json").write_text(json.dumps({
                 "method": method, "stage": stage, "dataset": str(self.dataset_root.resolve()),
-                "world_size": self.ctx.world_size, "vgg": self.vgg.weights_name}, indent=2))
+                "world_size": self.ctx.world_size, "vgg": self.vgg.weights_name,
+                "features": self.vgg.weights_name,
+                "appearance_conditioning": self.bundle_config.appearance_conditioning}, indent=2))
+            log.warning("training %s with features: %s", method, self.vgg.weights_name)
 
     # ---- orchestration -------------------------------------------------------------------------------------------
 
@@ -277,7 +289,7 @@ class Trainer:
 
     def _reconstruction(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        vgg = losses.perceptual_loss(self.vgg, out, target, c.vgg_layer_weights, c.vgg_feature_scale)
+        vgg = losses.perceptual_loss(self.vgg, out, target, self.feature_weights, self.feature_scale)
         l1 = losses.l1_loss(out, target)
         return c.w_vgg * vgg + c.w_l1 * l1, {"vgg": float(vgg.detach()), "l1": float(l1.detach())}
 
@@ -291,20 +303,23 @@ class Trainer:
         names = self.train_set.names
         if path.is_file():
             cached = torch.load(path, weights_only=True)
-            if cached["names"] == names and cached["style_size"] == self.config.style_size:
+            if cached["names"] == names and cached["style_size"] == self.config.style_size \
+                    and cached.get("features") == self.vgg.weights_name:
                 self.style_distances = cached["distances"]
                 return
         from tqdm import tqdm
         size = min(self.config.style_size, self.config.load_size)
         start = (self.config.load_size - size) // 2
         grams: list[list[torch.Tensor]] = []
-        for i in tqdm(range(len(self.train_set)), desc="style distances", disable=not self.progress, leave=False):
-            photo = photos_tensor(self.train_set[i]["photo"][None, start:start + size, start:start + size])
-            grams.append([g.cpu() for g in losses.style_grams(self.vgg, photo.to(self.device))])
-        stacked = [torch.cat([g[j] for g in grams]) for j in range(len(VGG_LAYERS))]
+        n, chunk = len(self.train_set), 16
+        for i in tqdm(range(0, n, chunk), desc="style distances", disable=not self.progress, leave=False):
+            photos = np.stack([self.train_set[j]["photo"][start:start + size, start:start + size]
+                               for j in range(i, min(n, i + chunk))])
+            grams.append([g.cpu() for g in losses.style_grams(self.vgg, photos_tensor(photos).to(self.device))])
+        stacked = [torch.cat([g[j] for g in grams]) for j in range(len(grams[0]))]
         self.style_distances = losses.pairwise_style_distances(stacked)
         if self.ctx.is_main:
-            _atomic_save({"names": names, "style_size": self.config.style_size,
+            _atomic_save({"names": names, "style_size": self.config.style_size, "features": self.vgg.weights_name,
                           "distances": self.style_distances}, path)
 
     def triplets(self, anchors: list[int]) -> tuple[list[int], list[int]]:
@@ -338,7 +353,8 @@ class Trainer:
         with self._autocast():
             za = self._encode(self.E, photo, x)[0]
             zo = self._encode(self.E, photo_o, x_o)[0]
-            loss = losses.triplet_loss(za, zo[:n], zo[n:], self.config.triplet_margin)
+            loss = losses.triplet_loss(za, zo[:n], zo[n:], self.config.triplet_margin,
+                                       relative=self.config.triplet_relative_margin)
         self._update(loss, ("E",), (self.E,))
         self.ema_E.update(self.E)
         return {"triplet": float(loss.detach())}

@@ -11,8 +11,10 @@ name :data:`RANDOM_FALLBACK`, and a loud warning says that losses and metrics ar
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
+# torchvision's file (574,673,361 bytes); its name carries the first 8 hex digits of this digest
+VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
 IMAGENET = "imagenet-vgg19"
 RANDOM_FALLBACK = "random-init-vgg19 (NO IMAGENET WEIGHTS: losses and metrics are not comparable to the paper)"
 
@@ -142,23 +146,60 @@ def load_vgg19(weights: str | Path | None = None, *, layers: Sequence[str] | Non
         return vgg
     cached = hub_checkpoint_path()
     if cached.is_file():
+        _check_sha256(cached)
         vgg.load_torchvision(_read_state(cached), source=str(cached))
         return vgg
     if download is None:
         download = os.environ.get("RERENDER_VGG_DOWNLOAD", "1") != "0"
     if download:
         try:
-            state = torch.hub.load_state_dict_from_url(VGG19_URL, progress=True, map_location="cpu")
-            vgg.load_torchvision(state, source=VGG19_URL)
+            vgg.load_torchvision(_read_state(download_checkpoint(cached)), source=VGG19_URL)
             return vgg
-        except Exception as exc:  # no network, proxy, disk full...: fall back below, loudly
-            log.debug("VGG19 download failed: %s", exc)
+        except Exception as exc:  # no network, proxy, disk full, wrong file...: fall back below, loudly
+            log.warning("VGG19 download failed: %s", exc)
     message = (f"ImageNet VGG19 weights not found (looked in {cached}, download "
                f"{'failed' if download else 'disabled'}); using {RANDOM_FALLBACK}. Put {VGG19_FILENAME} "
                f"there or pass --vgg-weights PATH.")
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     log.warning(message)
     return vgg
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str = VGG19_SHA256) -> None:
+    digest = sha256_of(path)
+    if digest != expected:
+        raise VGGWeightsError(f"{path} has SHA-256 {digest}, expected {expected} (torchvision's {VGG19_FILENAME}); "
+                              f"delete it and download {VGG19_URL} again")
+
+
+def download_checkpoint(dest: Path, url: str = VGG19_URL, expected: str = VGG19_SHA256) -> Path:
+    """Download ``url`` to ``dest`` through a ``.part`` file; keep it only if its SHA-256 is ``expected``.
+
+    Why not torch.hub.load_state_dict_from_url: it unpickles with torch.load's defaults and checks only the
+    8-digit prefix of the hash; here the full digest is checked before the file is read, and it is then read with
+    ``weights_only=True`` (no code from the file runs).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log.warning("downloading VGG19 weights %s -> %s", url, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
+            while block := resp.read(1 << 20):
+                f.write(block)
+        _check_sha256(part, expected)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(dest)
+    return dest
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

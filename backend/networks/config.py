@@ -22,6 +22,7 @@ class NetworkConfig(Protocol):
     encoder_channels: int    # appearance encoder's first width (authors: 64)
     encoder_blocks: int      # residual down-sampling blocks in the encoder (authors: 3: 64->128->192->256)
     encoding: _Encoding      # the InputEncoding: how many channels a deep buffer becomes
+    # appearance_conditioning: "concat" | "film" (unet.CONDITIONING_MODES); optional, read with conditioning_of
 
     @property
     def num_classes(self) -> int: ...
@@ -30,3 +31,11 @@ class NetworkConfig(Protocol):
 def input_channels(config: NetworkConfig, *, with_labels: bool) -> int:
     """Channels of an encoded deep buffer, with or without the label channels."""
     return int(config.encoding.channels(with_labels))
+
+
+def conditioning_of(config: object) -> str:
+    """How the latent enters R; configs made before FiLM existed have no such attribute and mean "concat"."""
+    mode = getattr(config, "appearance_conditioning", None) or "concat"
+    if mode not in ("concat", "film"):
+        raise ValueError(f"appearance_conditioning must be 'concat' or 'film', got {mode!r}")
+    return str(mode)

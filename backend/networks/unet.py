@@ -4,7 +4,8 @@ Layout for depth D and channel schedule c(i) = min(base * 2**i, max_channels):
   1x1 conv in -> c(0) at full resolution;
   D encoder stages: [2x average pool, ConvBlock, ConvBlock] -> c(1) ... c(D) (bottleneck at 1/2**D);
   optional latent tiled over the bottleneck and concatenated;
-  D decoder stages: [2x nearest upsample, concat the encoder feature of that resolution, ConvBlock, ConvBlock];
+  D decoder stages: [2x nearest upsample, concat the encoder feature of that resolution, ConvBlock, ConvBlock],
+  each optionally followed by FiLM from the latent (``film=True``, see :class:`FiLM`);
   1x1 conv c(0) -> out, linear (gain 1, as ProGAN's toRGB).
 Defaults base 32, max 512, D 6 give 32 -> 64 -> 128 -> 256 -> 512 -> 512 -> 512 like the authors.
 """
@@ -15,7 +16,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LEAKY_SLOPE, ConvBlock, EqualizedConv2d, PixelNorm
+from .layers import LEAKY_SLOPE, ConvBlock, EqualizedConv2d, EqualizedLinear, PixelNorm
+
+CONDITIONING_MODES = ("concat", "film")
+"""How the appearance latent enters the rerenderer.
+
+concat: the paper's (and the authors' code's) tiling of the latent over the bottleneck, concatenated.
+film:   the same concatenation plus FiLM after every decoder stage. Measured at CPU scale (appearance-facts.md and
+        docs/evaluation.md), the bottleneck alone lets the decoder learn to ignore the latent: its information has
+        to survive six decoder stages of pixel norm and skip concatenations that carry the geometry. Modulating
+        every stage (as per-block AdaIN in Li et al. 2020, or WildGaussians' identity-initialised colour
+        modulation) gives the latent a direct path to the output colour at every scale.
+"""
+
+
+class FiLM(nn.Module):
+    """h <- h * (1 + gamma(z)) + beta(z), per channel, from a linear map of the latent initialised to zero.
+
+    Zero initialisation makes the layer the identity, so a FiLM network starts as exactly the plain rerenderer
+    (concatenation only) and training moves away from it only as far as the loss asks.
+    """
+
+    def __init__(self, latent_size: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.affine = EqualizedLinear(latent_size, 2 * channels, gain=1.0)
+        with torch.no_grad():
+            self.affine.weight.zero_()
+
+    def forward(self, h: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(latent.to(h.dtype)).split(self.channels, dim=1)
+        return h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
 def channel_schedule(base_channels: int, depth: int, max_channels: int) -> list[int]:
@@ -27,7 +58,7 @@ class UNet(nn.Module):
     """Encoder-decoder with skips, pixel norm and equalized lr; optional latent injected at the bottleneck."""
 
     def __init__(self, in_channels: int, out_channels: int, *, base_channels: int, depth: int,
-                 max_channels: int, latent_size: int = 0) -> None:
+                 max_channels: int, latent_size: int = 0, film: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"U-Net needs at least one input and output channel, got {in_channels}, {out_channels}")
@@ -36,6 +67,8 @@ class UNet(nn.Module):
                              f"max_channels={max_channels} (need base >= 1, depth >= 1, max >= base)")
         if latent_size < 0:
             raise ValueError(f"latent_size must be >= 0, got {latent_size}")
+        if film and latent_size < 1:
+            raise ValueError("FiLM conditioning needs an appearance latent (latent_size >= 1)")
         self.in_channels = in_channels
         self.depth = depth
         self.latent_size = latent_size
@@ -50,6 +83,9 @@ class UNet(nn.Module):
             below = ch[i + 1] + (latent_size if i == depth - 1 else 0)
             up.append(nn.Sequential(ConvBlock(below + ch[i], ch[i]), ConvBlock(ch[i], ch[i])))
         self.up = nn.ModuleList(up)
+        # one FiLM per decoder stage, in the order of self.up; absent (not just identity) without film, so the
+        # weights of bundles made before FiLM existed load unchanged
+        self.film = nn.ModuleList(FiLM(latent_size, ch[i]) for i in reversed(range(depth))) if film else None
         self.to_output = EqualizedConv2d(ch[0], out_channels, 1, gain=1.0)
 
     @property
@@ -85,7 +121,9 @@ class UNet(nn.Module):
         if self.latent_size:
             tiled = latent.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
             h = torch.cat([h, tiled], dim=1)
-        for stage in self.up:
+        for i, stage in enumerate(self.up):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = stage(torch.cat([h, skips.pop()], dim=1))
+            if self.film is not None:
+                h = self.film[i](h, latent)
         return self.to_output(h)

@@ -112,11 +112,17 @@ class Demo:
                                 f"seed, poses or segmenter differ); choose another --out, or delete the folder")
         settings.write_text(json.dumps(wanted, indent=2))
 
-    def run(self) -> DemoResult:
+    def run(self, stages: tuple[str, ...] = STAGES) -> DemoResult:
+        """Run ``stages`` (all by default; the quality benchmark runs only the data stages) in pipeline order."""
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise DemoError(f"unknown demo stages {unknown}; choose from {', '.join(STAGES)}")
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_settings()
         total = time.perf_counter()
         for i, stage in enumerate(STAGES, start=1):
+            if stage not in stages:
+                continue
             facts = self.done(stage)
             if facts is not None:
                 self.echo(f"[{i}/{len(STAGES)}] {stage}: already done ({facts['seconds']:.0f} s earlier), skipped")
@@ -327,9 +333,7 @@ class Demo:
 
         self._start_over("frames", self.frames_dir)
         with ServeProcess(self.bundle, device=self.o.device, log_path=self.out / "logs" / "serve.log") as serve:
-            model = serve.info.get("model")
-            name = model.get("bundle", model.get("name", "?")) if isinstance(model, dict) else model
-            self.echo(f"backend: {serve.address} on {serve.info.get('device', '?')}, model {name}")
+            self.echo(f"backend: {serve.address} on {serve.info.device}, model {serve.info.model or '?'}")
             with tqdm(total=self.p.frames, desc="frames", unit="frame", disable=not self.o.progress) as bar:
                 def progress(done: int, total: int, seconds: float) -> None:
                     bar.n = done
