@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import compat
 from . import points as pts
 from ._bridge import UNKNOWN, DeepBuffer
 from .cameras import camera_pixel_aspect, colmap_from_camera
@@ -36,6 +37,8 @@ PASSES = ("color", "depth", "label")  # file output item names
 MIN_SPLAT_PX, MAX_SPLAT_PX = 1.0, 6.0
 TRANSIENT_MODIFIER = "Rerender Hide Transient"
 TRANSIENT_GROUP = ".rerender hide transient"
+MATERIAL_MODIFIER = "Rerender Deep Buffer Material"
+MATERIAL_GROUP = ".rerender deep buffer material"
 
 _folder: Path | None = None
 _counter = itertools.count()
@@ -63,7 +66,7 @@ def _set_if_has(obj, attr: str, value) -> None:
 def _configure_render(scene) -> None:
     """EEVEE fast exact settings: 1 sample, no filter, no shadows/raytracing/GI, transparent film, no view transform."""
     r = scene.render
-    r.engine = "BLENDER_EEVEE"
+    r.engine = compat.eevee_engine_id()
     r.filter_size = 0.0
     r.film_transparent = True
     r.use_compositing = True
@@ -95,34 +98,24 @@ def _configure_view_layer(scene) -> None:
         aov = layer.aovs.add()
         aov.name = pts.LABEL_AOV
         aov.type = "VALUE"
-    layer.material_override = pts.ensure_deep_buffer_material()
+    # Where EEVEE drops the override's shader AOVs (4.x), the objects get the material from a modifier instead.
+    keeps_aovs = compat.material_override_keeps_aovs()
+    layer.material_override = pts.ensure_deep_buffer_material() if keeps_aovs else None
     for attr in ("use_freestyle",):
         _set_if_has(layer, attr, False)
 
 
 def _configure_compositor(scene) -> None:
     """Render Layers -> one File Output node writing color (RGBA), depth and label as single-layer float EXRs."""
-    import bpy
-
-    group = scene.compositing_node_group
-    if group is not None and group.nodes.get(OUTPUT_NODE) is not None:
+    tree = compat.compositor_tree(scene)
+    if tree is not None and tree.nodes.get(OUTPUT_NODE) is not None:
         return
-    group = bpy.data.node_groups.new(COMPOSITOR_GROUP, "CompositorNodeTree")
-    scene.compositing_node_group = group
-    rl = group.nodes.new("CompositorNodeRLayers")
+    tree = compat.new_compositor_tree(scene, COMPOSITOR_GROUP)
+    rl = tree.nodes.new("CompositorNodeRLayers")
     rl.scene = scene
-    out = group.nodes.new("CompositorNodeOutputFile")
-    out.name = OUTPUT_NODE
+    out = compat.file_output_node(tree, OUTPUT_NODE, (("color", "RGBA"), ("depth", "FLOAT"), ("label", "FLOAT")))
     out.location = (400, 0)
-    fmt = out.format
-    _set_if_has(fmt, "media_type", "IMAGE")  # Blender 5.0: single-layer images, one file per item
-    fmt.file_format = "OPEN_EXR"
-    fmt.color_depth = "32"
-    fmt.exr_codec = "NONE"  # fastest to write and read; the files live in RAM for milliseconds
-    fmt.color_mode = "RGBA"
-    for name, socket_type in (("color", "RGBA"), ("depth", "FLOAT"), ("label", "FLOAT")):
-        out.file_output_items.new(socket_type, name)
-    links = group.links
+    links = tree.links
     links.new(rl.outputs["Image"], out.inputs["color"])
     links.new(rl.outputs["Depth"], out.inputs["depth"])
     aov_socket = rl.outputs.get(pts.LABEL_AOV)
@@ -222,6 +215,42 @@ def _hide_transient_points(clouds, hide: bool) -> None:
             mod.node_group = _transient_filter_group(ids)
         if mod.show_render != hide or mod.show_viewport != hide:
             mod.show_render = mod.show_viewport = hide
+
+
+@contextmanager
+def _deep_buffer_material_by_modifier(objects):
+    """On Blenders whose EEVEE ignores a view-layer material override's AOVs (4.x), give each drawn object the
+    deep-buffer material through a last Geometry Nodes modifier that is switched on for the nested render only."""
+    if compat.material_override_keeps_aovs():
+        yield
+        return
+    import bpy
+
+    group = bpy.data.node_groups.get(MATERIAL_GROUP)
+    if group is None or group.bl_idname != "GeometryNodeTree":
+        group = bpy.data.node_groups.new(MATERIAL_GROUP, "GeometryNodeTree")
+        group.is_modifier = True
+        group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        g_in, g_out = group.nodes.new("NodeGroupInput"), group.nodes.new("NodeGroupOutput")
+        set_mat = group.nodes.new("GeometryNodeSetMaterial")
+        set_mat.inputs["Material"].default_value = pts.ensure_deep_buffer_material()
+        group.links.new(g_in.outputs["Geometry"], set_mat.inputs["Geometry"])
+        group.links.new(set_mat.outputs["Geometry"], g_out.inputs["Geometry"])
+    switched = []
+    for obj in objects:
+        mod = obj.modifiers.get(MATERIAL_MODIFIER)
+        if mod is None:
+            mod = obj.modifiers.new(MATERIAL_MODIFIER, "NODES")
+            mod.node_group = group
+            mod.show_viewport = False
+        mod.show_render = True
+        switched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in switched:
+            mod.show_render = False
 
 
 def _bridge_classes():
@@ -358,11 +387,10 @@ def render_deep_buffer(scene, camera, *, frame: int | float | None = None,
 
     folder = _ram_folder()
     token = f"db{os.getpid()}_{next(_counter)}_"
-    out = helper.compositing_node_group.nodes[OUTPUT_NODE]
-    out.directory = str(folder) + os.sep
-    out.file_name = token
+    compat.set_file_output_target(compat.compositor_tree(helper).nodes[OUTPUT_NODE], folder, token)
     with _frame_everywhere(bpy.context.scene, scene, frame=whole, subframe=sub):
-        bpy.ops.render.render(scene=helper.name, write_still=False)
+        with _deep_buffer_material_by_modifier(clouds):
+            bpy.ops.render.render(scene=helper.name, write_still=False)
     files = sorted(folder.glob(token + "*"))
     try:
         arrays = {}

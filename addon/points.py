@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import compat
+
 COLOR_ATTR = "rerender_color"
 LABEL_ATTR = "rerender_label"
 POINT_ID_ATTR = "rerender_point_id"  # COLMAP point3D id of each vertex (sparse imports), for per-point label builders
@@ -173,9 +175,8 @@ def set_splat_scale(obj, scale: float) -> None:
     """Set the radius-per-distance factor of a point cloud (pixels / focal length in pixels)."""
     mod = obj.modifiers[MODIFIER_NAME]
     ident = _scale_socket_identifier(mod.node_group)
-    if abs(float(mod[ident]) - scale) > 1e-12 * max(1.0, abs(scale)):
-        mod[ident] = float(scale)
-        obj.update_tag()
+    if abs(float(compat.modifier_input(mod, ident)) - scale) > 1e-12 * max(1.0, abs(scale)):
+        compat.set_modifier_input(obj, mod, ident, float(scale))
 
 
 def create_point_cloud(name: str, xyz: np.ndarray, colors_linear: np.ndarray, labels: np.ndarray | None,
