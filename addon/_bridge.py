@@ -11,14 +11,16 @@ from __future__ import annotations
 
 try:
     from rerender import bridge
-    from rerender.bridge import buffers as _buffers, classes as _classes, colors as _colors
+    from rerender.bridge import buffers as _buffers, cameras as _cameras, classes as _classes, colors as _colors
 except ImportError:  # installed as a Blender extension: the bridge travels inside the zip
     from .vendor import bridge  # type: ignore[no-redef]
-    from .vendor.bridge import buffers as _buffers, classes as _classes, colors as _colors  # type: ignore[no-redef]
+    from .vendor.bridge import (  # type: ignore[no-redef]
+        buffers as _buffers, cameras as _cameras, classes as _classes, colors as _colors)
 
 DeepBuffer = _buffers.DeepBuffer
+PinholeCamera = _cameras.PinholeCamera
 UNKNOWN: int = _classes.UNKNOWN
 srgb_to_linear = _colors.srgb_to_linear
 srgb8_to_linear = _colors.srgb8_to_linear
 
-__all__ = ["bridge", "DeepBuffer", "UNKNOWN", "srgb_to_linear", "srgb8_to_linear"]
+__all__ = ["bridge", "DeepBuffer", "PinholeCamera", "UNKNOWN", "srgb_to_linear", "srgb8_to_linear"]

@@ -1,4 +1,4 @@
-"""COLMAP camera <-> Blender camera, exactly (DESIGN §3, reference/blender-facts.md).
+"""COLMAP camera <-> Blender camera, exactly (docs/addon-rasterizer.md).
 
 COLMAP: world->camera (R, t), camera frame x right, y down, z forward, PINHOLE (fx, fy, cx, cy) in pixels with
 pixel centers at +0.5. Blender: camera looks down -z with y up; intrinsics become lens / sensor width, shift (the
@@ -20,9 +20,9 @@ the deep-buffer renderer reads it back from there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from ._bridge import PinholeCamera
 
 SENSOR_WIDTH_MM = 36.0
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -32,23 +32,8 @@ PROP_INTRINSICS = "rerender_intrinsics"
 PROP_PIXEL_ASPECT = "rerender_pixel_aspect"
 
 
-@dataclass(frozen=True)
-class ColmapCamera:
-    """A PINHOLE camera in COLMAP's conventions."""
-
-    R: np.ndarray  # 3x3 world->camera rotation
-    t: np.ndarray  # 3 world->camera translation
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def project(self, xyz: np.ndarray) -> np.ndarray:
-        """World points N x 3 -> pixel coordinates N x 2 (COLMAP convention: pixel (0, 0)'s center is (0.5, 0.5))."""
-        cam = np.asarray(xyz, np.float64) @ self.R.T + self.t
-        return np.stack([self.fx * cam[:, 0] / cam[:, 2] + self.cx, self.fy * cam[:, 1] / cam[:, 2] + self.cy], 1)
+# The add-on's name for the shared PINHOLE camera type (``bridge/cameras.py``): one type across add-on and training.
+ColmapCamera = PinholeCamera
 
 
 def pixel_aspect_for(fx: float, fy: float) -> tuple[float, float]:

@@ -130,3 +130,66 @@ def write_fused_ply(path: str | Path, xyz: np.ndarray, rgb8: np.ndarray) -> None
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))
         data.tofile(f)
+
+
+# --- a photographed plane, for distortion tests -------------------------------------------------------------------
+
+PLANE_HALF = (2.6, 1.9)  # the plane z = 0, x in [-2.6, 2.6], y in [-1.9, 1.9]
+PLANE_BACKGROUND = (140, 158, 178)  # sRGB of everything around it
+PLANE_COLORS = ((205, 70, 40), (60, 170, 70))  # a 0.5-unit checker on the plane
+PLANE_VIEWS = (((0.4, -0.3, -6.2), 0.0), ((-1.6, 0.5, -6.0), 6.0), ((1.8, 0.9, -5.8), -4.0))  # center, roll
+
+
+def _plane_color(xy: np.ndarray) -> np.ndarray:
+    checker = (np.floor(xy[:, 0] / 0.5) + np.floor(xy[:, 1] / 0.5)).astype(int) % 2
+    return np.asarray(PLANE_COLORS, np.uint8)[checker]
+
+
+def write_plane_workspace(root: str | Path, model: str = "PINHOLE", *, size=(320, 240), focal: float = 300.0,
+                          n_points: int = 12000, seed: int = 0) -> Path:
+    """ROOT/images/*.png photos of a checkered plane and ROOT/sparse/0 with the true cameras and points on it.
+
+    ``model`` PINHOLE, SIMPLE_RADIAL or OPENCV: the photos are made through that camera model exactly (every pixel's
+    ray, undistorted by pycolmap, intersected with the plane), so a dataset built from a distorted model lines up
+    with its photos only when the model is undistorted correctly.
+    """
+    import pycolmap
+    from PIL import Image
+
+    w, h = size
+    params = {"PINHOLE": [focal, focal, w / 2, h / 2], "SIMPLE_RADIAL": [focal, w / 2, h / 2, -0.12],
+              "OPENCV": [focal, focal * 1.01, w / 2 + 3, h / 2 - 2, -0.22, 0.05, 0.001, -0.001]}[model]
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    model_dir = root / "sparse" / "0"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    rec = pycolmap.Reconstruction()
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    pixels = np.stack([u.ravel(), v.ravel()], 1)
+    for i, (center, roll) in enumerate(PLANE_VIEWS, start=1):
+        cam = pycolmap.Camera(model=model, width=w, height=h, params=params, camera_id=i)
+        rec.add_camera_with_trivial_rig(cam)
+        R, t = look_at(center, roll_deg=roll)
+        name = f"view_{i}.png"
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=i, image_id=i),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
+        rays = np.c_[np.asarray(cam.cam_from_img(pixels), np.float64), np.ones(len(pixels))] @ R  # world
+        origin = -R.T @ t
+        depth = -origin[2] / rays[:, 2]
+        hit = origin[:2] + depth[:, None] * rays[:, :2]
+        inside = np.isfinite(hit).all(1) & (np.abs(hit[:, 0]) <= PLANE_HALF[0]) & (np.abs(hit[:, 1]) <= PLANE_HALF[1])
+        photo = np.tile(np.asarray(PLANE_BACKGROUND, np.uint8), (len(pixels), 1))
+        photo[inside] = _plane_color(hit[inside])
+        Image.fromarray(photo.reshape(h, w, 3)).save(root / "images" / name)
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-1, 1, (n_points, 2)) * PLANE_HALF
+    for p, c in zip(np.c_[xy, np.zeros(n_points)], _plane_color(xy)):
+        rec.add_point3D(p, pycolmap.Track(), c)
+    rec.write_binary(str(model_dir))
+    return root
+
+
+def plane_mask(photo: np.ndarray) -> np.ndarray:
+    """Pixels of a plane photo that show the plane (far from the background color)."""
+    diff = np.abs(np.asarray(photo, np.int16)[..., :3] - np.asarray(PLANE_BACKGROUND, np.int16)).sum(-1)
+    return diff > 60

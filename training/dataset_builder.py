@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rerender.addon.cameras import ColmapCamera
+from rerender.bridge.cameras import PinholeCamera
 from rerender.bridge.buffers import DeepBuffer
 
 from .point_labels import LabelledView, label_dense_points, label_sparse_points, write_point_labels
@@ -113,12 +113,19 @@ class WorkspaceView:
     """A registered photo of the workspace and its undistorted PINHOLE camera at the photo's full size."""
 
     name: str
-    camera: ColmapCamera
+    camera: PinholeCamera
 
 
-def load_workspace(workspace: Path):
-    """(pycolmap.Reconstruction, [WorkspaceView] sorted by name) of WS/sparse/0, with clear errors."""
-    import pycolmap
+def open_workspace(workspace: Path, undistort_into: Path | None = None) -> tuple[Path, object, list[WorkspaceView]]:
+    """(the workspace photos and model are read from, pycolmap.Reconstruction, [WorkspaceView] sorted by name).
+
+    The model is read by the add-on's bpy-free reader (``rerender.addon.colmap_reader``: every binary file checked
+    against its declared counts first, image names confined to the workspace). A distorted model (SIMPLE_RADIAL,
+    OPENCV, ...) is undistorted with pycolmap into ``undistort_into``, whose ``images/`` and ``sparse/`` then are the
+    workspace; without ``undistort_into`` it is refused. Every error is a DatasetError raised before anything is
+    written.
+    """
+    from rerender.addon.colmap_reader import ColmapImportError, load_model
 
     ws = Path(workspace)
     if not ws.is_dir():
@@ -128,36 +135,24 @@ def load_workspace(workspace: Path):
         model = ws / "sparse"
     if not any((model / f).exists() for f in ("cameras.bin", "cameras.txt")):
         raise DatasetError(f"{ws} has no COLMAP model in sparse/0 (cameras/images/points3D .bin or .txt); run "
-                           f"`rerender reconstruct PHOTOS --out {ws}` first, or point at an undistorted COLMAP "
-                           f"workspace")
+                           f"`rerender reconstruct PHOTOS --out {ws}` first, or point at a COLMAP workspace")
     if not (ws / "images").is_dir():
-        raise DatasetError(f"{ws} has no images/ folder (the undistorted photos); run `rerender reconstruct` or "
-                           f"COLMAP's image_undistorter")
+        raise DatasetError(f"{ws} has no images/ folder (the photos of the model); run `rerender reconstruct` or "
+                           f"put the photos the model names into {ws / 'images'}")
     try:
-        rec = pycolmap.Reconstruction(str(model))
-    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for broken files
-        raise DatasetError(f"cannot read the COLMAP model in {model}: {exc}") from exc
-    views = []
-    for image_id in rec.reg_image_ids():
-        image = rec.image(image_id)
-        cam = image.camera
-        if cam.model_name == "PINHOLE":
-            fx, fy, cx, cy = cam.params
-        elif cam.model_name == "SIMPLE_PINHOLE":
-            f, cx, cy = cam.params
-            fx = fy = f
-        else:
-            raise DatasetError(f"camera of {image.name} is {cam.model_name}; the dataset needs undistorted PINHOLE "
-                               f"cameras (`rerender reconstruct` does that; or run COLMAP's image_undistorter)")
-        pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-        m = pose.matrix()
-        views.append(WorkspaceView(image.name, ColmapCamera(np.asarray(m[:, :3]), np.asarray(m[:, 3]), float(fx),
-                                                            float(fy), float(cx), float(cy), int(cam.width),
-                                                            int(cam.height))))
-    if not views:
-        raise DatasetError(f"the model in {model} has no registered photos; rerun `rerender reconstruct` with more "
-                           f"overlapping photos")
-    return rec, sorted(views, key=lambda v: v.name)
+        read = load_model(model, undistort_into=undistort_into)
+    except ColmapImportError as exc:
+        raise DatasetError(str(exc)) from exc
+    if read.undistorted:
+        log.info("the model's cameras are distorted: photos and model undistorted into %s", read.workspace)
+    views = sorted((WorkspaceView(c.name, c) for c in read.cameras), key=lambda v: v.name)
+    return (read.workspace if read.undistorted else ws), read.reconstruction, views
+
+
+def load_workspace(workspace: Path):
+    """(pycolmap.Reconstruction, [WorkspaceView] sorted by name) of an undistorted workspace WS/sparse/0."""
+    _, rec, views = open_workspace(workspace)
+    return rec, views
 
 
 # --- building --------------------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
 
     opt = options or DatasetOptions()
     ws, out = Path(workspace), Path(out)
-    rec, views = load_workspace(ws)
+    ws, rec, views = open_workspace(ws, undistort_into=out / "undistorted")
     work = out / "work"
     (work / "segmentation").mkdir(parents=True, exist_ok=True)
     (work / "views").mkdir(parents=True, exist_ok=True)
@@ -245,7 +240,7 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
                 seg = segmentation_of(v.name)
                 if seg is not None:
                     labelled.append(LabelledView(v.camera, seg))
-            from rerender.addon.colmap_import import read_ply_points  # the add-on's reader: one PLY parser
+            from rerender.addon.colmap_reader import read_ply_points  # the add-on's reader: one PLY parser
 
             fused_labels = label_dense_points(read_ply_points(fused)[0].astype(np.float64), labelled, len(classes))
         write_point_labels(ws, point_ids, labels, fused_labels)
@@ -326,44 +321,17 @@ def _load_into_blender(ws: Path, rec, views: list[WorkspaceView]):
     """(scene, {image name: camera object}) via the add-on's COLMAP import (labels included)."""
     import bpy
 
+    from rerender.addon.colmap_import import import_reconstruction
+
     scene = bpy.data.scenes.new("rerender dataset")
     try:
-        from rerender.addon.colmap_import import import_reconstruction
-    except ImportError:  # the add-on's importer is not there yet: build the same scene from its parts
-        return scene, _build_scene_from_parts(ws, rec, views, scene)
-    imported = import_reconstruction(ws, scene, load_images=False)
-    root = getattr(imported, "root", None)
-    if root is not None:  # depths are in Blender units of the imported scene: record the import's scale
-        scene["rerender_import_scale"] = float(root.scale[0])
+        imported = import_reconstruction(ws, scene, load_images=False)
+    except BaseException:
+        bpy.data.scenes.remove(scene)
+        raise
+    # depths are in Blender units of the imported scene: record the import's scale
+    scene["rerender_import_scale"] = float(imported.root.scale[0])
     return scene, dict(imported.cameras)
-
-
-def _build_scene_from_parts(ws: Path, rec, views: list[WorkspaceView], scene) -> dict:
-    import bpy
-
-    from rerender.addon.cameras import set_camera_from_colmap
-    from rerender.addon.points import create_point_cloud
-    from rerender.bridge.colors import srgb8_to_linear
-
-    from .point_labels import read_point_labels
-
-    ids = np.array(sorted(rec.point3D_ids()), np.int64)
-    xyz = np.array([rec.point3D(int(i)).xyz for i in ids], np.float32).reshape(-1, 3)
-    rgb = np.array([rec.point3D(int(i)).color for i in ids], np.uint8).reshape(-1, 3)
-    lab = read_point_labels(ws)
-    by_id = dict(zip(lab["point3D_id"].tolist(), lab["label"].tolist()))
-    labels = np.array([by_id.get(int(i), 255) for i in ids], np.int32)
-    coll = bpy.data.collections.new("rerender reconstruction")
-    scene.collection.children.link(coll)
-    create_point_cloud("points", xyz, srgb8_to_linear(rgb), labels, coll)
-    cameras = {}
-    for v in views:
-        cam = bpy.data.objects.new(view_stem(v.name), bpy.data.cameras.new(view_stem(v.name)))
-        coll.objects.link(cam)
-        c = v.camera
-        set_camera_from_colmap(cam, c.R, c.t, c.fx, c.fy, c.cx, c.cy, c.width, c.height)
-        cameras[v.name] = cam
-    return cameras
 
 
 def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: DatasetOptions, classes,
