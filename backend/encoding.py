@@ -23,7 +23,8 @@ import torch
 
 from rerender.bridge.buffers import DeepBuffer
 from rerender.bridge.classes import DEFAULT_CLASSES, UNKNOWN, ClassTable
-from rerender.bridge.colors import linear_to_srgb
+
+from .tensor_encoding import TensorEncoder, encoder_for, stack_numpy
 
 DEPTH_MODES = ("inverse", "linear")
 LABEL_MODES = ("color", "onehot")
@@ -125,7 +126,9 @@ class InputEncoding:
         """Deep buffers (all one size) -> float32 N x C x H x W on the CPU.
 
         ``labels`` (uint8 N x H x W) replaces the buffers' own label passes: training conditions R on the photo's
-        segmentation, as the paper does, while the buffer provides color and depth.
+        segmentation, as the paper does, while the buffer provides color and depth. The numbers are those of the
+        channel definitions above (exact lookup tables, see backend/tensor_encoding.py); :meth:`encode_wire` is
+        the same on any device.
         """
         buffers = list(buffers)
         if not buffers:
@@ -135,18 +138,43 @@ class InputEncoding:
         sizes = {b.shape for b in buffers}
         if len(sizes) > 1:
             raise ValueError(f"all deep buffers of a batch must have one size, got {sorted(sizes)}")
-        mask = np.stack([b.mask for b in buffers])
-        color = linear_to_srgb(np.stack([b.color for b in buffers])) * 2.0 - 1.0
-        color[~mask] = -1.0
-        parts = [color.transpose(0, 3, 1, 2), self.encode_depth(np.stack([b.depth for b in buffers]), mask)[:, None]]
+        arrays = buffer_tensors(buffers)
+        if with_labels and labels is not None:
+            lab = np.asarray(labels)
+            if lab.shape != tuple(arrays["mask"].shape):
+                raise ValueError(f"labels must be N x H x W = {tuple(arrays['mask'].shape)}, got {lab.shape}")
+            if lab.dtype != np.uint8 or lab.ndim != 3:
+                raise ValueError(f"labels must be uint8 N x H x W, got {lab.dtype} {lab.shape}")
+            arrays["label"] = torch.from_numpy(np.ascontiguousarray(lab))
         if with_labels:
-            lab = np.stack([b.label for b in buffers]) if labels is None else np.asarray(labels)
-            if lab.shape != mask.shape:
-                raise ValueError(f"labels must be N x H x W = {mask.shape}, got {lab.shape}")
-            parts.append(self._label_array(lab))
-        if self.mask_channel:
-            parts.append(np.where(mask, 1.0, -1.0).astype(np.float32)[:, None])
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32))
+            encoder_for(self, "cpu").check_labels(arrays["label"])
+        return self.encode_wire(arrays, with_labels=with_labels)
+
+    def encode_wire(self, arrays: dict[str, torch.Tensor], *, with_labels: bool = True, multiple: int = 1,
+                    photo: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Batched arrays on any device -> float32 N x C x Hp x Wp there, replicate-padded up to ``multiple``.
+
+        ``arrays``: color (uint8 sRGB as on the wire, or float16 linear as in a DeepBuffer) N x H x W x 3, depth
+        (float16 or float32) N x H x W, label uint8 N x H x W, mask bool/uint8 N x H x W (optional: without it a
+        pixel is drawn where its depth is finite). Class ids are not checked here (``check_labels``).
+        """
+        color = arrays["color"]
+        return encoder_for(self, color.device).encode(
+            color, arrays["depth"], arrays.get("label"), arrays.get("mask"), with_labels=with_labels,
+            multiple=multiple, photo=photo, out=out)
+
+    def check_labels(self, label: torch.Tensor) -> None:
+        """ValueError when a class id is outside this encoding's classes (255 = unknown is fine)."""
+        encoder_for(self, label.device).check_labels(label)
+
+    def decode_output(self, y: torch.Tensor, output: str = "uint8") -> torch.Tensor:
+        """Network output N x 3 x H x W -> N x H x W x 3 pixels on its device: ``"uint8"`` exactly as
+        :meth:`decode_rgb`, ``"float16"`` the network's own values mapped to [0, 1] (no 8-bit step)."""
+        if output == "uint8":
+            return TensorEncoder.to_uint8(y)
+        if output == "float16":
+            return TensorEncoder.to_float16(y)
+        raise ValueError(f"output must be 'uint8' or 'float16', got {output!r}")
 
     def encode_depth(self, depth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Planar depth (scene units, +inf empty) -> float32 in [-1, 1]: near -> +1, far -> -1, empty -> empty_depth."""
@@ -192,21 +220,12 @@ class InputEncoding:
 
     def encode_photos(self, photos: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 sRGB photos (N x H x W x 3, or a list of H x W x 3 of one size) -> float32 N x 3 x H x W in [-1, 1]."""
-        if isinstance(photos, np.ndarray) and photos.ndim == 3:
-            raise ValueError(f"encode_photos takes a batch N x H x W x 3 or a list of photos, got one {photos.shape} "
-                             f"array; wrap it in a list")
-        items = list(photos)
-        if not items:
-            raise ValueError("encode_photos needs at least one photo")
-        for p in items:
-            p = np.asarray(p)
-            if p.dtype != np.uint8 or p.ndim != 3 or p.shape[2] != 3:
-                raise ValueError(f"photos must be uint8 H x W x 3 sRGB, got {p.dtype} {p.shape}")
-        sizes = {np.asarray(p).shape for p in items}
-        if len(sizes) > 1:
-            raise ValueError(f"all photos of a batch must have one size, got {sorted(sizes)}")
-        batch = np.stack([np.asarray(p) for p in items]).astype(np.float32) / 127.5 - 1.0
-        return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+        batch = photo_batch(photos)
+        out = torch.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=torch.float32)
+        table = encoder_for(self, "cpu").photo
+        idx = torch.from_numpy(batch).permute(0, 3, 1, 2).to(torch.int64)
+        torch.index_select(table, 0, idx.reshape(-1), out=out.view(-1))
+        return out
 
     @staticmethod
     def decode_rgb(t: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -218,3 +237,29 @@ class InputEncoding:
             raise ValueError(f"decode_rgb expects N x 3 x H x W, got {a.shape}")
         a = np.nan_to_num(a, nan=-1.0)
         return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+
+
+def buffer_tensors(buffers: Sequence[DeepBuffer]) -> dict[str, torch.Tensor]:
+    """The arrays of same-sized DeepBuffers as batched CPU tensors (views when there is one buffer)."""
+    sizes = {b.shape for b in buffers}
+    if len(sizes) > 1:
+        raise ValueError(f"all deep buffers of a batch must have one size, got {sorted(sizes)}")
+    return {name: stack_numpy([getattr(b, name) for b in buffers]) for name in ("color", "depth", "label", "mask")}
+
+
+def photo_batch(photos: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Checked uint8 N x H x W x 3 array of photos of one size."""
+    if isinstance(photos, np.ndarray) and photos.ndim == 3:
+        raise ValueError(f"encode_photos takes a batch N x H x W x 3 or a list of photos, got one {photos.shape} "
+                         f"array; wrap it in a list")
+    items = list(photos)
+    if not items:
+        raise ValueError("encode_photos needs at least one photo")
+    for p in items:
+        p = np.asarray(p)
+        if p.dtype != np.uint8 or p.ndim != 3 or p.shape[2] != 3:
+            raise ValueError(f"photos must be uint8 H x W x 3 sRGB, got {p.dtype} {p.shape}")
+    sizes = {np.asarray(p).shape for p in items}
+    if len(sizes) > 1:
+        raise ValueError(f"all photos of a batch must have one size, got {sorted(sizes)}")
+    return np.stack([np.asarray(p) for p in items]) if len(items) > 1 else np.asarray(items[0])[None]

@@ -1,0 +1,223 @@
+"""Deep buffers (or their wire arrays) -> network input, and network output -> pixels, in torch on the model's device.
+
+Why lookup tables: every input channel is a function of one small integer per pixel. Wire colors are 8-bit sRGB
+(256 values), buffer colors and wire depths are float16 (65536 bit patterns), labels and masks are bytes. So the
+float math of :class:`~rerender.backend.encoding.InputEncoding` (``np.power`` for sRGB, divisions for inverse depth,
+a palette lookup) is run once per possible value when the tables are built, with the very numpy functions that
+define the encoding, and a frame is then one gather per channel: the encoded numbers are bit-identical to the
+numpy definition by construction, on any device. Only float32 depth (a training buffer, or a client that sends
+float32) takes arithmetic, written so that on the CPU it rounds exactly as numpy does.
+
+Why the mask can be left out: in a buffer that follows the contract, an undrawn pixel has depth +inf, so the mask
+is ``isfinite(depth)``; a client may skip sending it (docs/protocol.md).
+
+Replicate padding to the U-Net's multiple is applied to the integer index planes before the gather, which is the
+same as padding the encoded planes (the encoding is per pixel) and costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from rerender.bridge.classes import UNKNOWN
+from rerender.bridge.colors import linear_to_srgb
+from rerender.bridge.protocol import _SRGB8_TO_LINEAR16
+
+if TYPE_CHECKING:
+    from .encoding import InputEncoding
+
+_ALL_FLOAT16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+# Undrawn pixels add this offset to their index: each table's upper half holds the "no point here" value, so the
+# mask is applied by one integer add instead of a masked write.
+_MASKED = 65536
+
+
+def _color16_table() -> np.ndarray:
+    """float16 linear color bits -> encoded sRGB channel value; one extra entry (-1) for undrawn pixels."""
+    with np.errstate(invalid="ignore"):  # NaN bit patterns encode to NaN, as linear_to_srgb does for them
+        return (linear_to_srgb(_ALL_FLOAT16) * 2.0 - 1.0).astype(np.float32)
+
+
+def _with_masked_half(table: np.ndarray, masked_value: float) -> np.ndarray:
+    """``table`` (<= 65536 entries) at [0, len), ``masked_value`` from _MASKED on: 2 x 65536 entries."""
+    full = np.zeros(2 * _MASKED, np.float32)
+    full[:len(table)] = table
+    full[_MASKED:] = masked_value
+    return full
+
+
+class TensorEncoder:
+    """The tables of one :class:`InputEncoding` on one device, and the gathers that use them."""
+
+    def __init__(self, encoding: "InputEncoding", device: str | torch.device) -> None:
+        self.encoding = encoding
+        self.device = torch.device(device)
+        srgb16 = _color16_table()
+        color16 = _with_masked_half(srgb16, -1.0)
+        color8 = _with_masked_half(srgb16[_SRGB8_TO_LINEAR16.view(np.uint16)], -1.0)
+        depth16 = _with_masked_half(encoding.encode_depth(_ALL_FLOAT16), encoding.empty_depth)
+        labels = encoding._label_lut().T  # label_channels x 256
+        photo = np.arange(256, dtype=np.uint8).astype(np.float32) / 127.5 - 1.0
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)  # noqa: E731
+        self.color16, self.color8, self.depth16, self.photo = put(color16), put(color8), put(depth16), put(photo)
+        self.labels = [put(row) for row in labels]
+        self.num_classes = encoding.num_classes
+        scalar = lambda v: torch.tensor(np.float32(v), device=self.device)  # noqa: E731
+        e = encoding
+        self._one, self._far, self._empty = scalar(1.0), scalar(e.far), scalar(e.empty_depth)
+        self._inv_far, self._inv_span = scalar(1.0 / e.far), scalar(1.0 / e.near - 1.0 / e.far)
+        self._lin_span = scalar(e.far - e.near)
+
+    # ---- checks -------------------------------------------------------------------------------------------------
+
+    def check_labels(self, label: torch.Tensor) -> None:
+        """ValueError when a class id is outside the bundle's table (255 = unknown is fine): a 256-bin histogram."""
+        counts = torch.bincount(label.reshape(-1), minlength=256)
+        bad = counts[self.num_classes:UNKNOWN].nonzero().reshape(-1)
+        if bad.numel():
+            ids = (bad + self.num_classes).tolist()
+            raise ValueError(f"label ids {ids} are outside the bundle's {self.num_classes} classes (and not "
+                             f"{UNKNOWN} = unknown): the buffer was labelled with another class table")
+
+    # ---- encoding -----------------------------------------------------------------------------------------------
+
+    def channels(self, with_labels: bool) -> int:
+        return self.encoding.channels(with_labels)
+
+    def encode(self, color: torch.Tensor, depth: torch.Tensor, label: torch.Tensor | None,
+               mask: torch.Tensor | None, *, with_labels: bool = True, multiple: int = 1,
+               photo: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """N x H x W arrays on the device -> float32 N x C x Hp x Wp (Hp, Wp: up to ``multiple``, replicated).
+
+        ``color`` is uint8 sRGB (wire) or float16 linear (a DeepBuffer), N x H x W x 3; ``depth`` float16 or
+        float32; ``label`` uint8 (needed when ``with_labels``); ``mask`` bool/uint8, or None to take it from depth.
+        ``photo`` (uint8 N x H x W x 3) puts 3 photo channels first, as the appearance encoder takes them.
+        ``out`` is reused when it has the right shape (a server's input buffer: no fresh 67 MB per 1080p frame).
+        Labels are not checked here (see :meth:`check_labels`): the caller checks them where it is cheapest.
+        """
+        n, h, w = depth.shape
+        hp, wp = h + (-h) % multiple, w + (-w) % multiple
+        if color.dtype not in (torch.uint8, torch.float16):
+            raise ValueError(f"color must be uint8 sRGB or float16 linear, got {color.dtype}")
+        if with_labels and label is None:
+            raise ValueError("with_labels needs the label pass")
+        drawn = torch.isfinite(depth) if mask is None else mask
+        masked = _padded(drawn.view(torch.uint8) if drawn.dtype == torch.bool else drawn, hp, wp, torch.uint8)
+        masked.bitwise_xor_(1)  # 1 where no point was drawn
+        first = 0 if photo is None else 3
+        shape = (n, first + self.channels(with_labels), hp, wp)
+        if out is None or tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
+            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        idx = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
+        colors = color if color.dtype == torch.uint8 else color.view(torch.int16)
+        table = self.color8 if color.dtype == torch.uint8 else self.color16
+        offset = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
+        for i in range(n):
+            plane = out[i]
+            offset.copy_(masked[i]).mul_(_MASKED)
+            if photo is not None:
+                for k in range(3):
+                    self._gather(self.photo, _pad_into(idx, photo[i, :, :, k]), plane[k])
+            for k in range(3):
+                _pad_into(idx, colors[i, :, :, k])
+                if color.dtype == torch.float16:
+                    idx.bitwise_and_(0xFFFF)
+                self._gather(table, idx.add_(offset), plane[first + k])
+            if depth.dtype == torch.float16:  # wire depth: one gather
+                _pad_into(idx, depth[i].view(torch.int16)).bitwise_and_(0xFFFF)
+                self._gather(self.depth16, idx.add_(offset), plane[first + 3])
+            else:
+                self._depth_arithmetic(depth[i], masked[i], hp, wp, plane[first + 3])
+            c = first + 4
+            if with_labels:
+                _pad_into(idx, label[i])
+                for k, lab in enumerate(self.labels):
+                    self._gather(lab, idx, plane[c + k])
+                c += len(self.labels)
+            if self.encoding.mask_channel:
+                plane[c].copy_(masked[i]).mul_(-2.0).add_(1.0)  # exactly +1 drawn, -1 empty
+        return out
+
+    def _depth_arithmetic(self, depth: torch.Tensor, masked: torch.Tensor, hp: int, wp: int,
+                          out: torch.Tensor) -> None:
+        """float32 depth: numpy's float32 rounding step by step (its python scalars become float32 before each
+        op too), so the CPU result is bit-identical to ``InputEncoding.encode_depth``."""
+        d = _padded(depth.float(), hp, wp, torch.float32)
+        valid = torch.isfinite(d) & (d > 0) & (masked == 0)
+        safe = torch.where(valid, d, self._far)
+        if self.encoding.depth_mode == "inverse":
+            t = torch.div(self._one, safe).sub_(self._inv_far).div_(self._inv_span)
+        else:
+            t = torch.sub(self._far, safe).div_(self._lin_span)
+        t = t.clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+        torch.where(valid, t, self._empty, out=out)
+
+    @staticmethod
+    def _gather(table: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> None:
+        """out = table[idx] for one contiguous plane, written in place."""
+        torch.index_select(table, 0, idx.view(-1), out=out.view(-1))
+
+    # ---- output -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def to_uint8(y: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3 on the same device (exactly ``decode_rgb``)."""
+        a = y.float() if y.dtype != torch.float32 else y.clone()
+        a = a.nan_to_num_(nan=-1.0).clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_()
+        return a.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    @staticmethod
+    def to_float16(y: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W in [-1, 1] -> float16 sRGB in [0, 1], N x H x W x 3: the network's own values, unquantised."""
+        return ((y.float() + 1) / 2).clamp_(0, 1).to(torch.float16).permute(0, 2, 3, 1).contiguous()
+
+
+def _padded(src: torch.Tensor, hp: int, wp: int, dtype: torch.dtype) -> torch.Tensor:
+    """``src`` (..., H, W) converted to ``dtype`` and padded to (..., hp, wp) by replicating the last row/column."""
+    out = torch.empty((*src.shape[:-2], hp, wp), dtype=dtype, device=src.device)
+    return _pad_into(out, src)
+
+
+def _pad_into(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Write ``src`` (..., H, W) into the top-left of ``out`` (..., Hp, Wp) and replicate its last row/column."""
+    h, w = src.shape[-2:]
+    hp, wp = out.shape[-2:]
+    out[..., :h, :w] = src
+    if hp > h:
+        out[..., h:, :w] = out[..., h - 1:h, :w]
+    if wp > w:
+        out[..., :, w:] = out[..., :, w - 1:w]
+    return out
+
+
+_ENCODERS: dict[tuple[str, str], TensorEncoder] = {}
+
+
+def encoder_for(encoding: "InputEncoding", device: str | torch.device) -> TensorEncoder:
+    """The (cached) tables of ``encoding`` on ``device``; keyed by the encoding's JSON, so an edited encoding gets
+    new tables."""
+    key = (str(torch.device(device)), json.dumps(encoding.to_json(), sort_keys=True))
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        if len(_ENCODERS) > 16:
+            _ENCODERS.clear()
+        enc = _ENCODERS[key] = TensorEncoder(encoding, device)
+    return enc
+
+
+def stack_numpy(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """A CPU tensor of N same-shaped arrays; a single array is viewed, not copied (wire frames are read-only, and
+    nothing here writes into its inputs, so torch's read-only warning is silenced)."""
+    if len(arrays) == 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(arrays[0]))[None]
+    return torch.from_numpy(np.stack(arrays))
+
+
+__all__ = ["TensorEncoder", "encoder_for", "stack_numpy"]
