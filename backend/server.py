@@ -3,25 +3,26 @@
 Threads, and why:
   * the I/O thread (the one that calls :meth:`Server.serve_forever`, the main thread under ``rerender serve`` so
     signals reach it) owns the ROUTER socket. It decodes and validates every message (bridge.protocol treats the
-    bytes as hostile), answers ``hello``, ``echo`` and ``appearances`` itself, so they stay fast while the GPU is
-    busy, and queues the model ops.
-  * the compute worker owns the device. It takes what is queued, waits a few milliseconds for more, groups
-    requests of the same op and frame size into micro-batches (one forward pass for several frames: this is how
-    several Blender instances or a pipelined client share a GPU efficiently), runs them under autocast on CUDA,
-    and sends the replies back to the I/O thread over an inproc socket (ZeroMQ sockets are not thread-safe).
+    bytes as hostile), answers ``hello``, ``echo``, ``stats`` and ``appearances`` itself, so they stay fast while
+    the device is busy, admits model requests against the byte budget and sends every reply;
+  * the compute worker (``server_worker``) owns the device: a host thread prepares request k+1 while a device
+    thread computes request k's batch. It hands replies back through a queue and a wake-up pipe (ZeroMQ sockets
+    are not thread-safe, so only the I/O thread touches the ROUTER).
 
-Every request gets exactly one reply, an error reply if anything is wrong with it; no request can kill the server:
-protocol errors, bad inputs and model exceptions all become error replies and a log line.
+Every request gets exactly one reply, an error reply if anything is wrong with it, and nothing a request carries
+can kill a thread or the process: decoding, admission, preparation, computation and the reply are each guarded,
+and a worker thread that still dies is restarted (``hello`` reports ``health``). Memory is bounded in bytes
+(``server_limits``), connections by heartbeats and a descriptor budget (``server_connections``). The ops are one
+table (``server_ops.OP_TABLE``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -29,52 +30,39 @@ import numpy as np
 import zmq
 
 from rerender import __version__
-from rerender.bridge.buffers import BufferError
 from rerender.bridge.errors import (
-    CODE_BAD_PARAMS, CODE_INTERNAL, CODE_NO_MODEL, CODE_OVERLOADED, CODE_SHUTTING_DOWN, CODE_UNKNOWN_OP,
+    CODE_INTERNAL, CODE_NO_MODEL, CODE_OVERLOADED, CODE_SHUTTING_DOWN, CODE_TOO_LARGE, CODE_UNKNOWN_OP,
     ProtocolError,
 )
 from rerender.bridge.protocol import (
-    DEFAULT_LIMITS, OPS, PROTOCOL_VERSION, Limits, Message, buffer_from_wire, check_latent, decode, encode_error,
-    encode_reply,
+    DEFAULT_LIMITS, OPS, PROTOCOL_VERSION, Limits, Message, decode, encode_error, encode_reply,
 )
+
+from .server_connections import ConnectionTracker, configure_heartbeats
+from .server_model import apply_precision, load_appearances, model_info, resolve_precision
+from .server_limits import (
+    TRACK_MIN_BYTES, ByteBudget, ServerLimits, connection_budget, default_memory_budget, derive_max_frame_pixels,
+)
+from .server_ops import OP_TABLE, frame_size
+from .server_stats import TimingLog, format_timings, instrument_runtime
+from .server_worker import ComputeWorker, Job
 
 log = logging.getLogger(__name__)
 
-MODEL_OPS = ("rerender", "encode", "segment")
-# Parameters each op accepts (anything else is rejected, so a typo never passes silently).
-OP_PARAMS: dict[str, set[str]] = {"hello": set(), "appearances": set(), "rerender": {"output", "fill_labels"},
-                                  "encode": set(), "segment": set()}
-RERENDER_OUTPUTS = ("uint8", "float16")
-_INPROC = "inproc://rerender-server-replies-{}"
-
-
-@dataclass
-class _Job:
-    """A validated model request waiting for the compute worker."""
-
-    identity: bytes
-    request_id: int
-    op: str
-    params: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-    frames: list  # keeps the received zmq frames (which the arrays view) alive
-    received: float = field(default_factory=time.monotonic)
-
-    @property
-    def batch_key(self) -> tuple:
-        color = self.arrays.get("color")
-        size = tuple(color.shape[:2]) if color is not None else ()
-        return self.op, size, self.params.get("output", "uint8"), bool(self.params.get("fill_labels", False))
+SHUTDOWN_FLUSH_S = 5.0  # how long a stopping server keeps writing replies to slow readers
+_ROUTER_READS_PER_TURN = 64
 
 
 class Server:
     """Serves ``runtime`` (a ``rerender.backend.runtime.ModelRuntime``, or None for a transport-only server that
-    answers hello/echo and refuses model ops with ``no_model``) on ``address``."""
+    answers hello/echo/stats and refuses model ops with ``no_model``) on ``address``."""
 
-    def __init__(self, runtime: Any | None, address: str, *, max_batch: int = 8, batch_window_s: float = 0.002,
+    def __init__(self, runtime: Any | None, address: str, *, max_batch: int = 8, batch_window_s: float = 0.0,
                  max_queue: int = 64, limits: Limits = DEFAULT_LIMITS, precision: str = "auto",
-                 context: zmq.Context | None = None, simulate_latency_s: float = 0.0) -> None:
+                 context: zmq.Context | None = None, simulate_latency_s: float = 0.0,
+                 memory_budget_bytes: int | None = None, max_frame_pixels: int | None = None,
+                 max_connections: int = 512, idle_timeout_s: float = 600.0, heartbeat_s: float = 10.0,
+                 log_timings: bool = False, curve: Any | None = None) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         if not 0.0 <= simulate_latency_s <= 60.0:
@@ -85,24 +73,39 @@ class Server:
         self.runtime = runtime
         self.address = address
         self.max_batch = max_batch
-        self.batch_window_s = batch_window_s
-        self.max_queue = max_queue
         self.limits = limits
+        self.log_timings = log_timings
+        self.curve = curve  # bridge.security.ServerCurve: CURVE keys and the allowed clients, or None
+        self._authenticator: Any | None = None
         self._context = context or zmq.Context.instance()
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._info = model_info(runtime)
+        self.precision = resolve_precision(precision, self._info.get("device", "cpu"))
+        apply_precision(runtime, self.precision)
+        self._appearances = load_appearances(runtime, self._info)
+        derived, per_pixel = derive_max_frame_pixels(runtime, self._info.get("device", "cpu"))
+        self.server_limits = ServerLimits(
+            memory_budget_bytes=int(memory_budget_bytes or default_memory_budget()), max_queue=max_queue,
+            max_frame_pixels=int(min(max_frame_pixels or derived, derived)), bytes_per_pixel=per_pixel,
+            max_connections=max_connections, idle_timeout_s=idle_timeout_s, heartbeat_s=heartbeat_s)
+        self.budget = ByteBudget(self.server_limits.memory_budget_bytes)
+        self.timings = TimingLog()
+        if runtime is not None:
+            instrument_runtime(runtime)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._worker = ComputeWorker(runtime, self._deliver, latent_size=self._info.get("latent_size"),
+                                     max_batch=max_batch, batch_pixels=self.server_limits.max_frame_pixels,
+                                     batch_window_s=batch_window_s, simulate_latency_s=self.simulate_latency_s)
         self._stop = threading.Event()
-        self._inproc = _INPROC.format(id(self))
+        self._stopping = False
         self._router: zmq.Socket | None = None
-        self._replies: zmq.Socket | None = None
-        self._worker: threading.Thread | None = None
+        self._connections: ConnectionTracker | None = None
         self.bound_address: str | None = None
         self.requests_served = 0
-        self.batches_run = 0     # forward passes of the worker (micro-batches), reported by hello
-        self.largest_batch = 0
-        self._info = self._model_info()
-        self.precision = _resolve_precision(precision, self._info.get("device", "cpu"))
-        _apply_precision(runtime, self.precision)
-        self._appearances = self._load_appearances()
+        self.undeliverable = 0
+        self.refused_overloaded = 0
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def bind(self) -> str:
@@ -112,60 +115,108 @@ class Server:
         router.setsockopt(zmq.LINGER, 0)
         # A peer that sends a frame larger than any array we accept is disconnected by ZeroMQ before we see it.
         router.setsockopt(zmq.MAXMSGSIZE, max(self.limits.max_array_bytes, self.limits.max_header_bytes))
-        router.setsockopt(zmq.RCVHWM, 256)
+        router.setsockopt(zmq.RCVHWM, 32)
+        # Replies are never dropped: no message-count limit (the byte budget bounds them) and an error, not
+        # silence, when the peer is gone.
+        router.setsockopt(zmq.SNDHWM, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        configure_heartbeats(router, self.server_limits.heartbeat_s)
+        if self.curve is not None:  # before bind: a peer must never reach an unauthenticated socket
+            self._authenticator = self.curve.secure(router, self._context)
+        connections = ConnectionTracker(router, budget=connection_budget(self.server_limits.max_connections),
+                                        idle_timeout_s=self.server_limits.idle_timeout_s)
         try:
             router.bind(self.address)
         except zmq.ZMQError as exc:
+            connections.close()
             router.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             raise OSError(f"cannot listen on {self.address}: {exc.strerror}. Is another backend already running "
                           f"there? Stop it or choose another --address.") from None
-        self._router = router
+        self._router, self._connections = router, connections
         self.bound_address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._replies = self._context.socket(zmq.PULL)
-        self._replies.bind(self._inproc)
-        self._worker = threading.Thread(target=self._work, name="rerender-compute", daemon=True)
         self._worker.start()
         return self.bound_address
 
     def stop(self) -> None:
         """Ask the server to stop (safe from a signal handler or another thread)."""
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"s")
+        except OSError:
+            pass
 
     def serve_forever(self) -> None:
-        """Run the I/O loop until :meth:`stop`; then finish the batch being computed, answer queued requests with
-        ``shutting_down`` and close the sockets."""
+        """Run the I/O loop until :meth:`stop`; then finish the batch being computed, answer every queued and
+        arriving request with ``shutting_down``, write out the replies and close."""
         if self._router is None:
             self.bind()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._replies, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._connections.monitor, zmq.POLLIN)
         try:
+            next_housekeeping = 0.0
             while not self._stop.is_set():
-                for sock, _ in poller.poll(100):
-                    if sock is self._router:
-                        self._on_request(self._router.recv_multipart(copy=False))
-                    else:
-                        self._forward_reply()
-            self._jobs.put(None)  # the worker drains the queue with shutting_down replies, then exits
-            deadline = time.monotonic() + 30
-            while self._worker.is_alive() and time.monotonic() < deadline:
-                if self._replies.poll(50):
-                    self._forward_reply()
-            while self._replies.poll(0):
-                self._forward_reply()
+                self._turn(poller, 100)
+                if time.monotonic() >= next_housekeeping:
+                    self._worker.supervise()
+                    self._connections.reap()
+                    next_housekeeping = time.monotonic() + 0.1
+            self._shutdown(poller)
         finally:
             self._close()
 
-    def _forward_reply(self) -> None:
-        """A reply the worker computed: [identity, header, *arrays] goes out on the ROUTER."""
-        self._router.send_multipart(self._replies.recv_multipart(copy=False), copy=False)
-        self.requests_served += 1
+    def _turn(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        events = dict(poller.poll(timeout_ms))
+        if self._router in events:
+            for _ in range(_ROUTER_READS_PER_TURN):  # bounded, so replies and housekeeping are never starved
+                try:
+                    started = time.perf_counter()
+                    frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._on_request(frames, started)
+        if self._wake_r in events:
+            try:
+                os.read(self._wake_r, 65536)
+            except OSError:
+                pass
+        self._drain_outbox()
+        if self._connections.monitor in events:
+            self._connections.on_events()
+
+    def _shutdown(self, poller: zmq.Poller) -> None:
+        self._stopping = True  # from now on every request is answered shutting_down
+        left: list[Job] = []
+        stopper = threading.Thread(target=lambda: left.extend(self._worker.stop()), daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            self._turn(poller, 20)
+        for job in left:
+            self._worker.fail_shutting_down(job)
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+        while time.monotonic() < deadline:
+            self._turn(poller, 20)
+            usage = self.budget.usage()
+            if not usage["unread_reply_bytes"] and self._outbox.empty() and not self._router.poll(50):
+                break
 
     def _close(self) -> None:
-        for sock in (self._router, self._replies):
-            if sock is not None:
-                sock.close(linger=0)
-        self._router = self._replies = None
+        if self._connections is not None:
+            self._connections.close()
+        if self._router is not None:
+            self._router.close(linger=1000)
+        self._router = self._connections = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def start_in_thread(self) -> threading.Thread:
         """Bind and run the I/O loop in a background thread (for benchmarks and in-process use)."""
@@ -175,75 +226,154 @@ class Server:
         return thread
 
     def describe(self) -> str:
-        """The startup line: address, device, precision and model."""
+        """The startup line: address, device, precision, model and the limits in force."""
+        lim = self.server_limits
+        bounds = (f"memory budget {lim.memory_budget_bytes / 2**20:.0f} MiB, frames up to "
+                  f"{lim.max_frame_pixels / 1e6:.1f} Mpx, {self._connections.budget if self._connections else lim.max_connections}"
+                  f" connections")
         if self.runtime is None:
-            return f"listening on {self.bound_address or self.address}, transport only (no model: echo and hello)"
+            return (f"listening on {self.bound_address or self.address}, transport only (no model: echo and "
+                    f"hello); {bounds}")
         return (f"listening on {self.bound_address or self.address}, device {self._info.get('device')} "
                 f"({self.precision}), model {self._model_name()!r} "
-                f"(latent {self._info.get('latent_size')}), micro-batches of up to {self.max_batch}"
+                f"(latent {self._info.get('latent_size')}), micro-batches of up to {self.max_batch}; {bounds}"
                 + (f", SIMULATED latency {self.simulate_latency_s * 1000:g} ms per forward pass"
                    if self.simulate_latency_s else ""))
 
+    @property
+    def health(self) -> str:
+        """``ok``, ``restarting`` (a worker thread died and is being restarted) or ``stopping``."""
+        return "stopping" if self._stopping else self._worker.health
+
+    def health_report(self) -> dict[str, Any]:
+        """``hello``'s ``health``: ``ok`` is false while a worker thread is being restarted or the server stops."""
+        state = self.health
+        return {"ok": state == "ok", "worker": state, "restarts": self._worker.restarts,
+                "last_crash": self._worker.last_crash}
+
     # ------------------------------------------------------------------------------------------ I/O thread
-    def _on_request(self, frames: list) -> None:
+    def _on_request(self, frames: list, started: float) -> None:
         if len(frames) < 2:  # ROUTER always prepends the peer identity; a bare identity is not a request
             return
         identity, body = frames[0], frames[1:]
+        message: Message | None = None
         try:
             message = decode(body, self.limits)
+            self._dispatch(identity, message, body, started)
         except ProtocolError as err:
-            self._reject(identity, getattr(err, "op", None), getattr(err, "request_id", None), err)
-            return
-        try:
-            self._dispatch(identity, message, body)
-        except ProtocolError as err:
-            self._reject(identity, message.op, message.id, err)
+            op = message.op if message else getattr(err, "op", None)
+            rid = message.id if message else getattr(err, "request_id", None)
+            log.debug("rejected request id=%s op=%s: [%s] %s", rid, op, err.code, err.message)
+            retry = getattr(err, "retry_after_ms", None)
+            self._send(identity, encode_error(op, rid, err.code, err.message, retry_after_ms=retry))
         except Exception as exc:  # never die from a request
-            log.exception("unexpected error while handling request id=%s op=%s", message.id, message.op)
-            self._send(identity, encode_error(message.op, message.id, CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
+            op, rid = (message.op, message.id) if message else (None, None)
+            log.exception("unexpected error while handling request id=%s op=%s", rid, op)
+            self._send(identity, encode_error(op, rid, CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
 
-    def _reject(self, identity: Any, op: str | None, request_id: int | None, err: ProtocolError) -> None:
-        log.debug("rejected request id=%s op=%s: [%s] %s", request_id, op, err.code, err.message)
-        self._send(identity, encode_error(op, request_id, err.code, err.message))
-
-    def _dispatch(self, identity: Any, message: Message, frames: list) -> None:
-        op, rid = message.op, message.id
-        if op not in OPS:
-            raise ProtocolError(CODE_UNKNOWN_OP, f"unknown op {op!r}; this server knows {list(OPS)}")
-        if op == "echo":  # untouched: the very frames we received go back
-            self._send(identity, _echo_frames(rid, message, frames))
-            log.debug("id=%s op=echo arrays=%d", rid, len(message.arrays))
-            return
-        unknown = set(message.params) - OP_PARAMS[op]
-        if unknown:
-            raise ProtocolError(CODE_BAD_PARAMS, f"op {op!r} does not take parameters {sorted(unknown)}; "
-                                                 f"it takes {sorted(OP_PARAMS[op]) or 'none'}")
-        if op == "hello":
-            self._send(identity, encode_reply("hello", rid, self._hello()))
-            return
-        if self.runtime is None:
+    def _dispatch(self, identity: Any, message: Message, frames: list, started: float) -> None:
+        spec = OP_TABLE.get(message.op)
+        if spec is None:
+            raise ProtocolError(CODE_UNKNOWN_OP, f"unknown op {message.op!r}; this server knows {list(OPS)}")
+        params = spec.check(message)
+        if spec.needs_model and self.runtime is None:
             raise ProtocolError(CODE_NO_MODEL, "this backend runs without a model (--transport-only); "
                                                "restart it with `rerender serve --bundle PATH`")
-        if op == "appearances":
-            names, arrays = self._appearances
-            self._send(identity, encode_reply("appearances", rid, {"names": names}, arrays))
+        nbytes = sum(len(f) for f in frames)
+        if spec.answer is not None:
+            if spec.name == "echo" and not self.budget.fits(nbytes):
+                raise self._overloaded("unread replies fill the backend's memory budget", 250.0)
+            self._send(identity, spec.answer(self, message, frames))
             return
-        output = message.params.get("output", "uint8")
-        if not isinstance(message.params.get("fill_labels", False), bool):
-            raise ProtocolError(CODE_BAD_PARAMS, "'fill_labels' must be true or false")
-        if output not in RERENDER_OUTPUTS:
-            raise ProtocolError(CODE_BAD_PARAMS, f"'output' must be one of {list(RERENDER_OUTPUTS)}, got {output!r}")
-        if self._jobs.qsize() >= self.max_queue:
-            raise ProtocolError(CODE_OVERLOADED, f"{self.max_queue} requests are already queued; retry shortly")
-        self._jobs.put(_Job(bytes(identity.bytes), rid, op, message.params, message.arrays, frames))
+        if self._stopping:
+            raise ProtocolError(CODE_SHUTTING_DOWN, "the backend is shutting down; the request was not computed")
+        size = frame_size(message.arrays)
+        if size[0] * size[1] > self.server_limits.max_frame_pixels:
+            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {size[0]} x {size[1]}; this backend's device fits "
+                                                f"at most {self.server_limits.max_frame_pixels / 1e6:.1f} Mpx per "
+                                                f"frame (hello: limits.max_frame_pixels): render smaller frames")
+        if nbytes > self.budget.limit:
+            raise ProtocolError(CODE_TOO_LARGE, f"the request is {nbytes / 2**20:.0f} MiB, above this backend's "
+                                                f"memory budget of {self.budget.limit / 2**20:.0f} MiB")
+        queued = self._worker.queued()
+        if queued >= self.server_limits.max_queue:
+            raise self._overloaded(f"{queued} requests are already queued", self._retry_after_ms(queued))
+        if not self.budget.try_reserve(nbytes):
+            raise self._overloaded("queued requests and unread replies fill the backend's memory budget "
+                                   f"({self.budget.limit / 2**20:.0f} MiB)", self._retry_after_ms(queued))
+        fd = self._connections.message_fd(frames[0])
+        self._connections.begin(fd)
+        job = Job(bytes(identity.bytes), message.id, spec, params, message.arrays, frames, nbytes, size, fd=fd)
+        job.timings["receive"] = (time.perf_counter() - started) * 1000
+        self._worker.submit(job)
+
+    def _overloaded(self, why: str, retry_after_ms: float) -> ProtocolError:
+        self.refused_overloaded += 1
+        err = ProtocolError(CODE_OVERLOADED, f"{why}; retry in about {retry_after_ms:.0f} ms")
+        err.retry_after_ms = retry_after_ms  # type: ignore[attr-defined]
+        return err
+
+    def _retry_after_ms(self, queued: int) -> float:
+        """About how long until the queue has room: the queue's length times the median compute time."""
+        per_request = 20.0
+        summary = self.timings.summary()
+        forwards = [s["ms"]["forward"]["median"] / max(1, self.max_batch) for s in summary.values()
+                    if "forward" in s["ms"]]
+        if forwards:
+            per_request = max(1.0, max(forwards))
+        return float(min(2000.0, max(10.0, per_request * max(1, queued) / 2)))
 
     def _send(self, identity: Any, frames: list) -> None:
-        self._router.send_multipart([identity, *frames], copy=False)
+        """Send one reply; large frames are tracked in the byte budget until ZeroMQ has written them."""
+        trackers, tracked_bytes = [], 0
+        try:
+            parts = [identity, *frames]
+            for i, part in enumerate(parts):
+                flags = zmq.SNDMORE if i < len(parts) - 1 else 0
+                size = _nbytes(part)
+                if size >= TRACK_MIN_BYTES:
+                    data = memoryview(part.buffer) if isinstance(part, zmq.Frame) else part
+                    trackers.append(self._router.send(data, flags, copy=False, track=True))
+                    tracked_bytes += size
+                else:
+                    self._router.send(part, flags, copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer left; its replies have nowhere to go
+            self.undeliverable += 1
+            log.debug("reply not delivered (%s)", exc.strerror)
+            return
+        self.budget.track(trackers, tracked_bytes)
         self.requests_served += 1
 
-    def _hello(self) -> dict[str, Any]:
+    def _deliver(self, job: Job, frames: list) -> None:
+        """From the worker's threads: hand a reply to the I/O thread and wake it."""
+        self._outbox.put((job, frames))
+        try:
+            os.write(self._wake_w, b"r")
+        except (BlockingIOError, OSError):  # the pipe is full of wake-ups already: the I/O thread is awake
+            pass
+
+    def _drain_outbox(self) -> None:
+        while True:
+            try:
+                job, frames = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            started = time.perf_counter()
+            self._send(job.identity, frames)
+            job.frames = job.arrays = None  # the request's bytes can go now
+            self.budget.release(job.nbytes)
+            self._connections.end(job.fd)
+            job.timings["send"] = (time.perf_counter() - started) * 1000
+            job.timings["total"] = (time.perf_counter() - job.received) * 1000 + job.timings.get("receive", 0.0)
+            self.timings.add(job.spec.name, job.timings)
+            if self.log_timings:
+                log.info("id=%s op=%s %dx%d %s", job.request_id, job.spec.name, *job.size,
+                         format_timings(job.timings))
+
+    # ------------------------------------------------------------------------------------- I/O-thread ops
+    def reply_hello(self, message: Message) -> list:
         info = self._info
-        return {
+        return encode_reply("hello", message.id, {
             "protocol": PROTOCOL_VERSION,
             "server": f"rerender {__version__}",
             "ops": list(OPS),
@@ -252,229 +382,50 @@ class Server:
             "device": info.get("device", "none"),
             "precision": self.precision,
             "max_batch": self.max_batch,
-            "limits": {k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_image_side",
-                                                             "max_array_bytes", "max_message_bytes")},
+            "health": self.health_report(),
+            "limits": {**{k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_image_side",
+                                                                "max_array_bytes", "max_message_bytes")},
+                       **self.server_limits.as_hello()},
             "model_info": info,
-            "stats": {"replies": self.requests_served, "batches": self.batches_run,
-                      "largest_batch": self.largest_batch},
-        }
+            "stats": {"replies": self.requests_served, "batches": self._worker.batches_run,
+                      "largest_batch": self._worker.largest_batch},
+        })
+
+    def reply_stats(self, message: Message) -> list:
+        """Per-op stage timings (medians, p90), the budget's use, queue, connections and worker health."""
+        return encode_reply("stats", message.id, {
+            "health": self.health_report(),
+            "replies": self.requests_served, "batches": self._worker.batches_run,
+            "largest_batch": self._worker.largest_batch, "queued": self._worker.queued(),
+            "overloaded": self.refused_overloaded, "undeliverable": self.undeliverable,
+            "memory": self.budget.usage(), "connections": self._connections.describe(),
+            "timings": self.timings.summary(),
+        })
+
+    def reply_echo(self, message: Message, frames: list) -> list:
+        """A reply header declaring the same arrays, followed by the very frames that came in (passed through
+        without a copy, so echo measures the transport alone)."""
+        header = {"op": "echo", "v": PROTOCOL_VERSION, "id": message.id, "ok": True, "params": message.params,
+                  "arrays": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
+                             for n, a in message.arrays.items()]}
+        return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+    def reply_appearances(self, message: Message) -> list:
+        names, arrays = self._appearances
+        return encode_reply("appearances", message.id, {"names": names}, arrays)
 
     def _model_name(self) -> str | None:
         if self.runtime is None:
             return None
         return str(self._info.get("model") or self._info.get("bundle") or self._info.get("name") or "unnamed")
 
-    def _model_info(self) -> dict[str, Any]:
-        if self.runtime is None:
-            return {"device": "none"}
-        info = _plain(dict(self.runtime.info()))
-        info.setdefault("latent_size", int(getattr(self.runtime, "latent_size", 0) or 0))
-        return info
 
-    def _load_appearances(self) -> tuple[list[str], dict[str, np.ndarray]]:
-        if self.runtime is None:
-            return [], {}
-        entries = list(self.runtime.appearances())
-        names, latents, arrays = [], [], {}
-        size = int(self._info.get("latent_size") or 0)
-        for i, entry in enumerate(entries):
-            name, latent, thumbnail = (entry.name, entry.latent, entry.thumbnail) if hasattr(entry, "name") \
-                else entry
-            names.append(str(name))
-            latents.append(np.asarray(latent, dtype=np.float32).reshape(-1))
-            arrays[f"thumbnail.{i}"] = np.ascontiguousarray(thumbnail, dtype=np.uint8)
-        arrays = {"latents": np.stack(latents) if latents else np.zeros((0, size), np.float32), **arrays}
-        return names, arrays
-
-    # -------------------------------------------------------------------------------------- compute worker
-    def _work(self) -> None:
-        out = self._context.socket(zmq.PUSH)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(self._inproc)
-        try:
-            with _device_context(self.runtime):
-                while True:
-                    jobs = self._gather()
-                    if jobs is None:
-                        break
-                    for group in _group(jobs, self.max_batch):
-                        self._run_group(group, out)
-            while True:  # drain: requests still queued at shutdown get an honest answer
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    out.send_multipart([job.identity, *encode_error(job.op, job.request_id, CODE_SHUTTING_DOWN,
-                                                                    "the backend is shutting down")])
-        except Exception:  # pragma: no cover - a bug here must be loud, but the I/O thread keeps answering
-            log.exception("the compute worker crashed; model requests will time out")
-        finally:
-            out.close(linger=1000)
-
-    def _gather(self) -> list[_Job] | None:
-        """Block for one job, then collect whatever arrives within the batch window (micro-batching)."""
-        while True:
-            try:
-                first = self._jobs.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if self._stop.is_set():
-                    return None
-        if first is None:
-            return None
-        jobs = [first]
-        deadline = time.monotonic() + self.batch_window_s
-        while len(jobs) < 4 * self.max_batch:
-            try:
-                job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job is None:
-                self._jobs.put(None)  # handle the jobs in hand, stop on the next _gather
-                break
-            jobs.append(job)
-        return jobs
-
-    def _run_group(self, jobs: list[_Job], out: zmq.Socket) -> None:
-        op = jobs[0].op
-        prepared: list[tuple[_Job, Any]] = []
-        for job in jobs:  # input errors concern one job only
-            try:
-                prepared.append((job, self._prepare(job)))
-            except ProtocolError as err:
-                self._reply_error(out, job, err.code, err.message)
-        if not prepared:
-            return
-        started = time.monotonic()
-        try:
-            results = self._compute(op, [p for _, p in prepared], prepared[0][0].params)
-            if self.simulate_latency_s > 0:
-                time.sleep(max(0.0, self.simulate_latency_s - (time.monotonic() - started)))
-        except Exception as exc:
-            if len(prepared) > 1:  # find out which request breaks the model; the others still get answers
-                log.warning("batch of %d %s requests failed (%s); retrying one by one", len(prepared), op, exc)
-                for job, _ in prepared:
-                    self._run_group([job], out)
-                return
-            job = prepared[0][0]
-            code = CODE_BAD_PARAMS if isinstance(exc, (ValueError, BufferError)) else CODE_INTERNAL
-            if code == CODE_INTERNAL:
-                log.exception("the model failed on request id=%s op=%s", job.request_id, op)
-            self._reply_error(out, job, code, f"the model could not process this request: "
-                                              f"{type(exc).__name__}: {exc}")
-            return
-        compute_ms = (time.monotonic() - started) * 1000
-        self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(prepared))
-        for (job, _), result in zip(prepared, results):
-            out.send_multipart([job.identity, *encode_reply(op, job.request_id, {}, result)], copy=False)
-            log.debug("id=%s op=%s size=%s batch=%d wait=%.1fms compute=%.1fms", job.request_id, op,
-                      job.batch_key[1], len(prepared), (started - job.received) * 1000, compute_ms)
-
-    def _prepare(self, job: _Job) -> Any:
-        buffer = buffer_from_wire(job.arrays)
-        if job.op == "rerender":
-            if "latent" not in job.arrays:
-                raise ProtocolError(CODE_BAD_PARAMS, "rerender needs a 'latent' array (float32, latent_size)")
-            return buffer, check_latent(job.arrays["latent"], self._info.get("latent_size"))
-        if job.op == "encode":
-            photo = job.arrays.get("photo")
-            if photo is None or photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
-                raise ProtocolError(CODE_BAD_PARAMS, "encode needs a 'photo' array, uint8 sRGB H x W x 3")
-            if photo.shape[:2] != buffer.shape:
-                raise ProtocolError(CODE_BAD_PARAMS, f"the photo is {photo.shape[:2]} but its deep buffer is "
-                                                     f"{buffer.shape}; render the buffer at the photo's size")
-            return buffer, np.array(photo)
-        return buffer
-
-    def _compute(self, op: str, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        rt = self.runtime
-        if op == "rerender":
-            buffers = [b for b, _ in inputs]
-            if params.get("fill_labels"):  # S predicts the labels no point gives; the reply says what was used
-                buffers = rt.fill_labels(buffers)
-            images = rt.rerender(buffers, np.stack([z for _, z in inputs]))
-            images = np.asarray(images)
-            if params.get("output", "uint8") == "float16":
-                images = (images.astype(np.float32) / 255.0).astype(np.float16) if images.dtype == np.uint8 \
-                    else images.astype(np.float16)
-            if params.get("fill_labels"):
-                return [{"image": im, "labels": b.label} for im, b in zip(images, buffers)]
-            return [{"image": im} for im in images]
-        if op == "encode":
-            latents = np.asarray(rt.encode([p for _, p in inputs], [b for b, _ in inputs]), dtype=np.float32)
-            return [{"latent": z} for z in latents]
-        labels = np.asarray(rt.segment(inputs), dtype=np.uint8)
-        return [{"labels": lab} for lab in labels]
-
-    def _reply_error(self, out: zmq.Socket, job: _Job, code: str, message: str) -> None:
-        log.debug("id=%s op=%s -> error [%s] %s", job.request_id, job.op, code, message)
-        out.send_multipart([job.identity, *encode_error(job.op, job.request_id, code, message)], copy=False)
-
-
-def _echo_frames(request_id: int | None, message: Message, frames: list) -> list:
-    """The echo reply: a reply header declaring the same arrays, followed by the very frames that came in
-    (passed through without a copy, so echo measures the transport alone)."""
-    header = {"op": "echo", "v": PROTOCOL_VERSION, "id": request_id, "ok": True, "params": message.params,
-              "arrays": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)} for n, a in message.arrays.items()]}
-    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
-
-
-def _group(jobs: list[_Job], max_batch: int) -> list[list[_Job]]:
-    """Jobs with the same (op, size, output) in arrival order, in chunks of at most max_batch."""
-    groups: dict[tuple, list[_Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.batch_key, []).append(job)
-    return [g[i:i + max_batch] for g in groups.values() for i in range(0, len(g), max_batch)]
-
-
-def _resolve_precision(precision: str, device: str) -> str:
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if not str(device).startswith("cuda"):
-        return "fp32"  # autocast is a CUDA feature here; CPU stays in float32
-    if precision != "auto":
-        return precision
-    import torch
-
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _apply_precision(runtime: Any, precision: str) -> None:
-    """The runtime runs its forward passes under ``torch.autocast`` with ``runtime.autocast_dtype`` (None = fp32);
-    the server's --precision sets it, so the choice is made in one place and reported by hello."""
-    if runtime is None or not hasattr(runtime, "autocast_dtype"):
-        return
-    import torch
-
-    runtime.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-@contextlib.contextmanager
-def _device_context(runtime: Any):
-    """The worker thread owns the device: everything it runs is under inference_mode (the runtime adds
-    autocast per forward pass)."""
-    if runtime is None:
-        yield
-        return
-    import torch
-
-    with torch.inference_mode():
-        yield
-
-
-def _plain(x: Any) -> Any:
-    """JSON/msgpack-safe copy of runtime info (tuples, numpy scalars, paths, torch devices become plain types)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (bool, int, float, str)) or x is None:
-        return x
-    if isinstance(x, np.generic):
-        return x.item()
-    return str(x)
+def _nbytes(part: Any) -> int:
+    if isinstance(part, zmq.Frame):
+        return len(part)
+    if isinstance(part, np.ndarray):
+        return part.nbytes
+    return memoryview(part).nbytes
 
 
 __all__ = ["Server"]

@@ -28,10 +28,17 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .buffers import DeepBuffer
-from .errors import BackendUnavailable, ProtocolError, ProtocolMismatch, remote_error
-from .protocol import (
-    DEFAULT_ADDRESS, PROTOCOL_VERSION, REPLY_LIMITS, Message, buffer_to_wire, decode, encode_request,
+from .errors import (
+    CODE_OVERLOADED, AuthenticationFailed, BackendUnavailable, FrameTooLarge, InvalidAddress, ProtocolError,
+    ProtocolMismatch, TransportError, remote_error,
 )
+from .hello import ServerHello
+from .protocol import (
+    DEFAULT_ADDRESS, DEFAULT_LIMITS, PROTOCOL_VERSION, REPLY_LIMITS, Message, buffer_to_wire, check_request_size,
+    decode, encode_request,
+)
+from .retry import OverloadRetry, Window
+from .security import HANDSHAKE_EVENTS, ClientCurve, HandshakeWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +68,23 @@ class Client:
     ``timeout`` (seconds) bounds how long a call waits without any reply arriving; ``reconnects`` is how many
     times one call may re-send its in-flight requests after the backend dropped the connection; ``on_event``
     is called as ``on_event(kind, info)`` for ``"disconnected"`` / ``"resent"`` (the add-on shows these).
+    A request answered ``overloaded`` is re-sent after a backoff (``bridge.retry``) for up to ``overload_patience``
+    seconds before :class:`~.errors.BackendBusy` is raised.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, *, reconnects: int = 3,
-                 on_event: EventCallback | None = None, context: zmq.Context | None = None) -> None:
+                 on_event: EventCallback | None = None, context: zmq.Context | None = None,
+                 security: ClientCurve | None = None, overload_patience: float = 120.0) -> None:
         if not isinstance(address, str) or "://" not in address:
-            raise ValueError(f"bridge address must look like tcp://HOST:PORT or ipc:///path, got {address!r}")
+            raise InvalidAddress(f"bridge address must look like tcp://HOST:PORT or ipc:///path, got {address!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.address = address
         self.timeout = float(timeout)
         self.reconnects = int(reconnects)
         self.on_event = on_event
+        self.security = security  # CURVE keys for a backend that requires them (bridge.security)
+        self._handshakes = HandshakeWatch(address, security)  # tells a refused handshake from a drop
         self._context = context or zmq.Context.instance()
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
@@ -81,6 +93,10 @@ class Client:
         self._ready: dict[int, Message] = {}                       # answered, not yet collected
         self._async_progress = time.monotonic()
         self._async_reconnects_left = self.reconnects
+        self._async_retry = OverloadRetry(overload_patience)
+        self.overload_patience = float(overload_patience)
+        self.overload_retries = 0  # re-sends after `overloaded` replies, over this client's life
+        self.server_limits: dict[str, Any] = {}  # the backend's limits, from the last hello()
         self._open()
 
     # ------------------------------------------------------------------------------------------ lifetime
@@ -89,13 +105,18 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)  # a backend whose machine vanished is noticed in ~20 s:
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)  # the requests in flight are then re-sent
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED
+                                                | HANDSHAKE_EVENTS)
         try:
+            if self.security is not None:
+                self.security.apply(sock)
             sock.connect(self.address)
         except zmq.ZMQError as exc:
             self._socket = sock
             self.close()
-            raise ValueError(f"cannot connect to bridge address {self.address!r}: {exc}") from None
+            raise InvalidAddress(f"cannot connect to bridge address {self.address!r}: {exc}") from None
         self._socket = sock
 
     def close(self) -> None:
@@ -128,8 +149,8 @@ class Client:
             pass
 
     # ---------------------------------------------------------------------------------------------- ops
-    def hello(self) -> dict[str, Any]:
-        """Server info: ``protocol``, ``server``, ``device``, ``model``, ``latent_size``, ``ops``, ``limits``...
+    def hello(self) -> ServerHello:
+        """Server info (protocol, model, latent size, device, limits, ...; :class:`~.hello.ServerHello`).
 
         Raises ProtocolMismatch if the backend speaks another protocol version."""
         info = self._call("hello").params
@@ -137,7 +158,9 @@ class Client:
             raise ProtocolMismatch("version_mismatch",
                                    f"the backend at {self.address} speaks bridge protocol v{info.get('protocol')}, "
                                    f"this client v{PROTOCOL_VERSION}: install matching releases", op="hello")
-        return info
+        hello = ServerHello.from_params(info)
+        self.server_limits = dict(hello.limits)  # frames above them are refused here, before sending
+        return hello
 
     def echo(self, arrays: dict[str, np.ndarray] | None = None,
              params: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -161,7 +184,7 @@ class Client:
                      "arrays": {**buffer_to_wire(b, depth_dtype), "latent": latent}}
                     for b, latent in _paired_latents(buffers, latents))
         for reply in self.pipeline(requests, in_flight=in_flight):
-            yield reply.arrays["image"]
+            yield _reply_array(reply, "image")
 
     def encode(self, photo: np.ndarray, buffer: DeepBuffer) -> np.ndarray:
         """Appearance latent (float32, latent_size) of a photo (uint8 sRGB H x W x 3) seen through its deep buffer
@@ -224,6 +247,7 @@ class Client:
         """Forget a submitted request: its reply, when it comes, is dropped. Unknown ids are ignored."""
         self._async.pop(request_id, None)
         self._ready.pop(request_id, None)
+        self._async_retry.discard(request_id)
 
     def collect(self, request_id: int, wait: float | None = None) -> Message | None:
         """The reply to a submitted request, or None if it has not arrived within ``wait`` seconds.
@@ -251,8 +275,14 @@ class Client:
                 if now >= slice_end:
                     return None
                 remaining = min(remaining, slice_end - now)
-            events = dict(self._poller().poll(max(1, int(remaining * 1000))))
-            if self._monitor in events and self._backend_dropped() and self._async:
+            for due_id, due in self._async_retry.due():  # re-sends after `overloaded`, once their wait is over
+                if due_id in self._async:
+                    self._send(due_id, due)
+            retry_in = self._async_retry.seconds_to_next()
+            if retry_in is not None:
+                remaining = min(remaining, retry_in)
+            events = self._poll(max(1, int(remaining * 1000)))
+            if self._monitor in events and self._backend_dropped(tuple(self._async)) and self._async:
                 if self._async_reconnects_left <= 0:
                     lost = tuple(self._async)
                     self._async.clear()
@@ -267,13 +297,17 @@ class Client:
             if self._socket in events:
                 message = self._receive()
                 if message is not None and message.id in self._async:
+                    self._async_progress = time.monotonic()  # refused or answered: the backend is alive
+                    if self._retry_later(self._async_retry, message.id, self._async[message.id], message):
+                        continue
                     del self._async[message.id]
                     self._ready[message.id] = message
-                    self._async_progress = time.monotonic()
                     self._async_reconnects_left = self.reconnects
         reply = self._ready.pop(request_id)
+        self._async_retry.forget(request_id)
         if not reply.ok:
-            raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op)
+            raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op,
+                               retry_after=_seconds(reply.retry_after_ms))
         return reply
 
     def collect_rerender(self, request_id: int,
@@ -281,12 +315,12 @@ class Client:
         """:meth:`collect` of a ``rerender`` request: (image, labels the network received or None when the
         request did not ask for ``fill_labels``), or None if not there within ``wait``."""
         reply = self.collect(request_id, wait)
-        return None if reply is None else (reply.arrays["image"], reply.arrays.get("labels"))
+        return None if reply is None else (_reply_array(reply, "image"), reply.arrays.get("labels"))
 
     def collect_image(self, request_id: int, wait: float | None = None) -> np.ndarray | None:
         """:meth:`collect` of a ``rerender`` request: the sRGB image, or None if not there within ``wait``."""
         reply = self.collect(request_id, wait)
-        return None if reply is None else reply.arrays["image"]
+        return None if reply is None else _reply_array(reply, "image")
 
     # ------------------------------------------------------------------------------------------ engine
     def _call(self, op: str, params: dict[str, Any] | None = None,
@@ -303,12 +337,16 @@ class Client:
                                "cancel() them before a blocking call on the same client (or use a second Client)")
         source = (_Request(i, r["op"], r.get("params", {}), r.get("arrays", {})) for i, r in enumerate(requests))
         self._backend_dropped()  # forget connection events from before this call: nothing of ours was lost
-        pending: OrderedDict[int, _Request] = OrderedDict()  # request id -> request, in send order
+        pending: OrderedDict[int, _Request] = OrderedDict()  # request id -> request at the backend, in send order
         done: dict[int, Message] = {}                       # request index -> reply
+        retry, window = OverloadRetry(self.overload_patience), Window(in_flight)  # refused: wait, send fewer
         next_index, exhausted, reconnects_left = 0, False, self.reconnects
         last_progress = time.monotonic()
         while True:
-            while not exhausted and len(pending) + len(done) < in_flight:
+            for request_id, request in retry.due(max(0, window.size - len(pending))):
+                self._send(request_id, request)
+                pending[request_id] = request
+            while not exhausted and len(pending) + len(done) + len(retry) < window.size:
                 request = next(source, None)
                 if request is None:
                     exhausted = True
@@ -320,22 +358,24 @@ class Client:
                 reply = done.pop(next_index)
                 next_index += 1
                 if not reply.ok:
-                    raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op)
+                    raise remote_error(reply.error_code or "internal", reply.error_message or "", reply.id, reply.op,
+                                       retry_after=_seconds(reply.retry_after_ms))
                 yield reply
                 continue
-            if exhausted and not pending:
+            if exhausted and not pending and not retry:
                 return
             remaining = self.timeout - (time.monotonic() - last_progress)
             if remaining <= 0:
-                lost = tuple(sorted(r.index for r in pending.values()))
+                lost = tuple(sorted(r.index for r in [*pending.values(), *retry.requests()]))
                 self._reopen()  # drop whatever the dead/hung peer may still send
                 raise BackendUnavailable(self.address, self.timeout,
                                          f"{len(lost)} request(s) unanswered", pending=lost)
-            events = dict(self._poller().poll(max(1, int(remaining * 1000))))
-            if self._monitor in events and self._backend_dropped():
+            retry_in = retry.seconds_to_next()
+            events = self._poll(max(1, int(1000 * (remaining if retry_in is None else min(remaining, retry_in)))))
+            if self._monitor in events and self._backend_dropped(r.index for r in pending.values()):
                 if pending:
                     if reconnects_left <= 0:
-                        lost = tuple(sorted(r.index for r in pending.values()))
+                        lost = tuple(sorted(r.index for r in [*pending.values(), *retry.requests()]))
                         self._reopen()
                         raise BackendUnavailable(self.address, self.timeout,
                                                  "the backend dropped the connection repeatedly", pending=lost)
@@ -347,21 +387,52 @@ class Client:
                 message = self._receive()
                 if message is not None and message.id in pending:
                     request = pending.pop(message.id)
+                    last_progress = time.monotonic()  # refused or answered: the backend is alive
+                    if self._retry_later(retry, message.id, request, message):
+                        window.refused()
+                        continue
+                    window.succeeded()
                     done[request.index] = message
-                    last_progress = time.monotonic()
 
-    def _poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        return poller
+    def _retry_later(self, retry: OverloadRetry, request_id: int, request: _Request, message: Message) -> bool:
+        """Whether ``message`` is an ``overloaded`` refusal that ``retry`` will re-send (False once its patience
+        is used up: the caller then raises BackendBusy)."""
+        if message.ok or message.error_code != CODE_OVERLOADED:
+            retry.forget(request_id)
+            return False
+        if retry.schedule(request_id, request, message.retry_after_ms):
+            self.overload_retries += 1
+            log.debug("request %d (%s) refused as overloaded; retrying", request_id, request.op)
+            return True
+        return False
+
+    def _poll(self, timeout_ms: int) -> dict:
+        """Wait for a reply or a connection event; ZeroMQ's failures become TransportError."""
+        try:
+            poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
+            return dict(poller.poll(timeout_ms))
+        except zmq.ZMQError as exc:
+            raise TransportError(f"waiting for {self.address} failed: {exc}") from exc
 
     def _send(self, request_id: int, request: _Request) -> None:
+        try:  # a frame the backend would refuse is refused here, before hundreds of MB travel for nothing
+            check_request_size(request.arrays, DEFAULT_LIMITS,
+                               max_frame_pixels=self.server_limits.get("max_frame_pixels"))
+        except ProtocolError as err:
+            raise FrameTooLarge(err.code, f"not sent to {self.address}: {err.message}", op=request.op) from None
         frames = encode_request(request.op, request_id, request.params, request.arrays)
-        self._socket.send_multipart(frames, copy=False)
+        try:
+            self._socket.send_multipart(frames, copy=False)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"sending to {self.address} failed: {exc}") from exc
 
     def _receive(self) -> Message | None:
-        frames = self._socket.recv_multipart(copy=False)
+        try:
+            frames = self._socket.recv_multipart(copy=False)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"receiving from {self.address} failed: {exc}") from exc
         try:
             message = decode(frames, REPLY_LIMITS, reply=True)
         except ProtocolError as err:
@@ -374,12 +445,26 @@ class Client:
             raise remote_error(message.error_code or "malformed", message.error_message or "", None, message.op)
         return message
 
-    def _backend_dropped(self) -> bool:
+    def _backend_dropped(self, pending: Iterable[int] = ()) -> bool:
+        """Whether the backend dropped the connection since the last look; raises AuthenticationFailed (with
+        ``pending`` as its unanswered requests) when it refused our CURVE handshake, as it will every retry."""
         dropped = False
-        while self._monitor is not None and self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
+        while True:
+            try:
+                if self._monitor is None or not self._monitor.poll(0):
+                    break
+                event = recv_monitor_message(self._monitor)
+            except zmq.ZMQError as exc:
+                raise TransportError(f"watching the connection to {self.address} failed: {exc}") from exc
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 dropped = True
+            refusal = self._handshakes.see(event)
+            if refusal is not None:
+                lost = tuple(pending)
+                self._async.clear()
+                self._ready.clear()
+                self._reopen()
+                raise AuthenticationFailed(self.address, self.timeout, refusal, pending=lost)
         return dropped
 
     def _resend_after_drop(self, pending: "OrderedDict[int, _Request]") -> None:
@@ -395,6 +480,19 @@ class Client:
     def _emit(self, kind: str, info: dict) -> None:
         if self.on_event is not None:
             self.on_event(kind, info)
+
+
+def _reply_array(reply: Message, name: str) -> np.ndarray:
+    """An array a successful reply must carry; ProtocolError (not a KeyError) when the peer left it out."""
+    array = reply.arrays.get(name)
+    if array is None:
+        raise ProtocolError("malformed", f"the backend's {reply.op} reply has no {name!r} array "
+                                         f"(it sent {sorted(reply.arrays)}): is it a Rerender backend?")
+    return array
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 def _paired_latents(buffers: Iterable[DeepBuffer],

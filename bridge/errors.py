@@ -60,11 +60,13 @@ class ProtocolError(BridgeError, ValueError):
 class RemoteError(BridgeError):
     """The backend answered with an error reply; ``code`` says what kind (a CODE_* constant)."""
 
-    def __init__(self, code: str, message: str, request_id: int | None = None, op: str | None = None) -> None:
+    def __init__(self, code: str, message: str, request_id: int | None = None, op: str | None = None, *,
+                 retry_after: float | None = None) -> None:
         self.code = code
         self.message = message
         self.request_id = request_id
         self.op = op
+        self.retry_after = retry_after  # seconds, for ``overloaded``: the backend's estimate of when to retry
         where = f" ({op})" if op else ""
         super().__init__(f"backend error{where} [{code}]: {message}")
 
@@ -85,8 +87,35 @@ class BackendBusy(RemoteError):
     """The backend's compute queue is full; the request can be retried a little later."""
 
 
+class FrameTooLarge(InvalidRequest):
+    """Refused by the client itself before anything was sent: the request is above a limit of the wire or of the
+    backend (``code`` is ``too_large``; the message names the limit). Nothing reached the backend."""
+
+
 class BackendFailure(RemoteError):
     """The model failed on a valid request (out of memory, a bug in the runtime); the backend is still up."""
+
+
+class AuthenticationFailed(BackendUnavailable):
+    """The backend refused this client's CURVE handshake (unknown key, wrong server key, or keys missing on one
+    side). Nothing was delivered: with CURVE a peer learns nothing, not even ``hello``, before it is allowed."""
+
+    def __init__(self, address: str, timeout: float, detail: str = "", pending: tuple[int, ...] = ()) -> None:
+        super().__init__(address, timeout, detail, pending)
+        self.args = (f"{detail}" if detail else f"the backend at {address} refused this client's keys",)
+
+
+class TransportError(BridgeError):
+    """ZeroMQ failed on this client's socket (the context was terminated, a socket option was refused, ...);
+    wraps the ``zmq.ZMQError`` (``__cause__``) so callers never need to import zmq to catch it."""
+
+
+class InvalidAddress(BridgeError, ValueError):
+    """The backend address cannot be used: it must look like ``tcp://HOST:PORT`` or ``ipc:///path``."""
+
+
+class KeyFileError(BridgeError, ValueError):
+    """A CURVE key or key file is missing or unreadable; the message says which and how to make one."""
 
 
 _BY_CODE: dict[str, type[RemoteError]] = {
@@ -103,6 +132,7 @@ _BY_CODE: dict[str, type[RemoteError]] = {
 }
 
 
-def remote_error(code: str, message: str, request_id: int | None = None, op: str | None = None) -> RemoteError:
+def remote_error(code: str, message: str, request_id: int | None = None, op: str | None = None, *,
+                 retry_after: float | None = None) -> RemoteError:
     """The exception for an error reply; unknown codes (a newer server) still give a RemoteError."""
-    return _BY_CODE.get(code, RemoteError)(code, message, request_id, op)
+    return _BY_CODE.get(code, RemoteError)(code, message, request_id, op, retry_after=retry_after)

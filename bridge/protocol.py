@@ -34,7 +34,7 @@ new reply fields) keep it. A server answers a request of another version with ``
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
-OPS = ("hello", "echo", "rerender", "encode", "segment", "appearances")
+OPS = ("hello", "echo", "rerender", "encode", "segment", "appearances", "stats")
 
 # Wire dtypes: name -> numpy dtype, always little-endian. Nothing else is accepted (no "object", no pickles).
 WIRE_DTYPES: dict[str, np.dtype] = {
@@ -79,6 +79,7 @@ class Message:
     ok: bool = True               # replies only: False for an error reply
     error_code: str | None = None  # replies only
     error_message: str | None = None
+    retry_after_ms: float | None = None  # error replies only: when an ``overloaded`` request may be sent again
 
 
 # --------------------------------------------------------------------------------------------------- encoding
@@ -94,10 +95,13 @@ def encode_reply(op: str | None, request_id: int | None, params: dict[str, Any] 
     return _encode({"op": op, "v": PROTOCOL_VERSION, "id": request_id, "ok": True, "params": params or {}}, arrays)
 
 
-def encode_error(op: str | None, request_id: int | None, code: str, message: str) -> list:
-    """Frames of an error reply (``ok: false``, ``error: {code, message}``, no arrays)."""
-    header = {"op": op, "v": PROTOCOL_VERSION, "id": request_id, "ok": False,
-              "error": {"code": code, "message": message}, "params": {}}
+def encode_error(op: str | None, request_id: int | None, code: str, message: str, *,
+                 retry_after_ms: float | None = None) -> list:
+    """Frames of an error reply (``ok: false``, ``error: {code, message[, retry_after_ms]}``, no arrays)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = float(retry_after_ms)
+    header = {"op": op, "v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error, "params": {}}
     return _encode(header, None)
 
 
@@ -123,6 +127,39 @@ def _wire_dtype_name(dtype: np.dtype) -> str | None:
     return None
 
 
+def check_request_size(arrays: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS, *,
+                       max_frame_pixels: int | None = None) -> None:
+    """Refuse, before anything is sent, a request the backend would refuse for its size.
+
+    Why on the sending side: a frame above the per-array limit makes ZeroMQ drop the connection (no reply is
+    possible), which a client would take for a dead backend and re-send the same hundreds of MB into. Raises
+    ProtocolError(too_large) naming the limit. ``max_frame_pixels`` is the backend's per-frame pixel limit
+    (``hello``'s ``limits``), when known."""
+    if len(arrays) > limits.max_arrays:
+        raise ProtocolError(CODE_TOO_LARGE, f"{len(arrays)} arrays in one request, the limit is {limits.max_arrays}")
+    total = 0
+    for name, array in arrays.items():
+        nbytes = int(np.asarray(array).nbytes)
+        total += nbytes
+        if nbytes > limits.max_array_bytes:
+            raise ProtocolError(CODE_TOO_LARGE, f"array {name!r} is {nbytes / 2**20:.0f} MiB, a backend accepts at "
+                                                f"most {limits.max_array_bytes / 2**20:.0f} MiB per array: render "
+                                                f"smaller frames (or tiles)")
+    if total > limits.max_message_bytes:
+        raise ProtocolError(CODE_TOO_LARGE, f"the request is {total / 2**20:.0f} MiB, a backend accepts at most "
+                                            f"{limits.max_message_bytes / 2**20:.0f} MiB per message")
+    image = arrays.get("color", arrays.get("photo"))
+    if image is not None and np.ndim(image) >= 2:
+        h, w = np.shape(image)[:2]
+        if max(h, w) > limits.max_image_side:
+            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {h} x {w}; sides above {limits.max_image_side} px "
+                                                f"are not served")
+        if max_frame_pixels is not None and h * w > max_frame_pixels:
+            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {h} x {w} = {h * w / 1e6:.1f} Mpx; this backend's "
+                                                f"device fits at most {max_frame_pixels / 1e6:.1f} Mpx per frame "
+                                                f"(hello: limits.max_frame_pixels): render smaller frames or tiles")
+
+
 # --------------------------------------------------------------------------------------------------- decoding
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, *, reply: bool = False) -> Message:
     """Decode and validate a multipart message (``zmq.Frame`` objects, bytes or memoryviews).
@@ -145,6 +182,11 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, *, reply: boo
     except ProtocolError as err:
         err.request_id, err.op = request_id, op  # type: ignore[attr-defined]
         raise
+    except Exception as exc:  # a hole in the checks above must still end as an error reply, never a crash
+        err = ProtocolError(CODE_MALFORMED, f"the message could not be decoded ({type(exc).__name__}: "
+                                            f"{str(exc)[:120]})")
+        err.request_id, err.op = request_id, op  # type: ignore[attr-defined]
+        raise err from None
 
 
 def _unpack_header(raw: memoryview, limits: Limits) -> dict:
@@ -191,6 +233,9 @@ def _decode_header(header: dict, frames: Sequence[Any], limits: Limits, reply: b
                 raise ProtocolError(CODE_MALFORMED, "error reply without an error {code, message} map")
             message.error_code = error["code"]
             message.error_message = str(error.get("message", ""))
+            retry = error.get("retry_after_ms")
+            if isinstance(retry, (int, float)) and not isinstance(retry, bool) and 0 <= retry <= 3_600_000:
+                message.retry_after_ms = float(retry)
     message.arrays = _decode_arrays(specs, frames[1:], limits)
     return message
 
@@ -218,7 +263,11 @@ def _decode_arrays(specs: list, frames: Sequence[Any], limits: Limits) -> dict[s
             raise ProtocolError(CODE_BAD_ARRAY,
                                 f"array {name!r} declares {dtype.name}{list(shape)} = {nbytes} bytes but its "
                                 f"frame has {len(data)} bytes (truncated or mislabelled)")
-        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        try:
+            array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        except ValueError as exc:  # numpy's own limits; _check_spec should have caught it first
+            raise ProtocolError(CODE_BAD_ARRAY, f"array {name!r} with shape {list(shape)} cannot be "
+                                                f"represented ({exc})") from None
         if dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
             raise ProtocolError(CODE_BAD_ARRAY, f"bool array {name!r} holds bytes other than 0 and 1")
         arrays[name] = array
@@ -245,7 +294,13 @@ def _check_spec(spec: Any, index: int, limits: Limits) -> tuple[str, np.dtype, t
     if any(d > limits.max_dim for d in shape):
         raise ProtocolError(CODE_TOO_LARGE, f"array {name!r} has a dimension above {limits.max_dim} in {shape}")
     dtype = WIRE_DTYPES[dtype_name]
-    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, nothing allocated
+    # The extent numpy must represent ignores zero dimensions: [2**31, 2**31, 2**31, 0] holds 0 bytes, but its
+    # other dimensions multiply beyond any address space (numpy refuses to build it). Bound both.
+    extent = math.prod(d for d in shape if d) * dtype.itemsize  # Python ints: no overflow, nothing allocated
+    if extent > limits.max_array_bytes:
+        raise ProtocolError(CODE_TOO_LARGE, f"array {name!r} has shape {shape}: its non-zero dimensions span "
+                                            f"{extent} bytes, the limit is {limits.max_array_bytes}")
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > limits.max_array_bytes:
         raise ProtocolError(CODE_TOO_LARGE, f"array {name!r} declares {nbytes} bytes, "
                                             f"the limit is {limits.max_array_bytes}")
@@ -383,6 +438,7 @@ def check_latent(latent: Any, latent_size: int | None) -> np.ndarray:
 
 __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_ADDRESS", "OPS", "WIRE_DTYPES", "FLOAT16_MAX", "Limits", "DEFAULT_LIMITS",
-    "REPLY_LIMITS", "Message", "encode_request", "encode_reply", "encode_error", "decode", "buffer_to_wire",
-    "buffer_from_wire", "check_wire_buffer", "color_to_wire", "color_from_wire", "depth_to_wire", "check_latent", "BUFFER_ARRAYS",
+    "REPLY_LIMITS", "Message", "encode_request", "encode_reply", "encode_error", "decode", "check_request_size",
+    "buffer_to_wire", "check_wire_buffer",
+    "buffer_from_wire", "color_to_wire", "color_from_wire", "depth_to_wire", "check_latent", "BUFFER_ARRAYS",
 ]
