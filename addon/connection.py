@@ -13,13 +13,9 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._bridge import bridge
@@ -39,6 +35,8 @@ class BackendSettings:
     bundle_path: str = ""
     device: str = "auto"
     launch_on_render: bool = False
+    server_key: str = ""       # the backend's CURVE public key (40 characters) or its .key file; "" = no CURVE
+    client_key_file: str = ""  # this machine's NAME.key_secret (from `rerender keys create`)
 
     def replace(self, **changes: Any) -> "BackendSettings":
         return dataclasses.replace(self, **changes)
@@ -46,6 +44,31 @@ class BackendSettings:
     @property
     def can_launch(self) -> bool:
         return bool(self.python_executable and self.bundle_path)
+
+    @property
+    def uses_keys(self) -> bool:
+        return bool(self.server_key or self.client_key_file)
+
+    def curve(self) -> Any:
+        """The CURVE key set for the client (``bridge.security.ClientCurve``), None without keys; raises
+        BackendProblem when only half of the keys are set or a key file cannot be read."""
+        if not self.uses_keys:
+            return None
+        if not (self.server_key and self.client_key_file):
+            missing = "Client Key File" if self.server_key else "Server Public Key"
+            raise BackendProblem(f"CURVE needs both keys: set '{missing}' too (Preferences > Add-ons > Rerender), "
+                                 "or clear both for a backend without keys")
+        try:
+            return bridge.security.ClientCurve.from_files(self.server_key, self.client_key_file)
+        except bridge.errors.KeyFileError as exc:
+            raise BackendProblem(f"The backend keys in the preferences cannot be used: {exc}") from None
+
+
+def open_client(settings: BackendSettings, timeout: float | None = None) -> Any:
+    """A bridge Client for ``settings`` (address, keys); ``timeout`` defaults to the settings' frame timeout.
+    Every part of the add-on that talks to the backend opens its client here, so the keys apply everywhere."""
+    return bridge.Client(settings.address, timeout=settings.timeout if timeout is None else timeout,
+                         security=settings.curve())
 
 
 @dataclass(frozen=True)
@@ -58,7 +81,7 @@ class BackendStatus:
     device: str = ""
     model: str = ""
     latent_size: int = 0
-    info: dict = field(default_factory=dict)
+    hello: Any = None  # the backend's typed hello (bridge.hello.ServerHello) when connected
     checked_at: float = 0.0
 
     @property
@@ -82,30 +105,21 @@ class BackendProblem(RuntimeError):
     """A backend failure worded for the artist: what is wrong, and what to do about it."""
 
 
-# --- hello and its interpretation --------------------------------------------------------------------------------
+# --- artist-facing errors ---------------------------------------------------------------------------------------
 
-def describe_hello(info: dict) -> tuple[str, str, int]:
-    """(device, model name, latent size) from a hello reply, tolerant of fields a backend leaves out."""
-    model_info = info.get("model_info") if isinstance(info.get("model_info"), dict) else {}
-    model = info.get("model")
-    if isinstance(model, dict):
-        model = model.get("name") or model.get("bundle")
-    name = str(model or model_info.get("bundle") or model_info.get("name") or "")
-    device = str(info.get("device") or model_info.get("device") or "")
-    size = info.get("latent_size", model_info.get("latent_size")) or 0
-    return device, name, int(size)
-
-
-def has_model(info: dict) -> bool:
-    """Whether a hello describes a backend that can rerender (not a ``--transport-only`` one)."""
-    model_info = info.get("model_info") if isinstance(info.get("model_info"), dict) else {}
-    return bool(info.get("model") or model_info.get("bundle")) and "rerender" in info.get("ops", ["rerender"])
+def connected_status(settings: BackendSettings, hello: Any, message: str) -> BackendStatus:
+    """The status of a backend that answered ``hello`` (a ``ServerHello``)."""
+    return BackendStatus("connected", settings.address, message, "" if hello.device == "none" else hello.device,
+                         hello.model or "", int(hello.latent_size or 0), hello, time.time())
 
 
 def explain(exc: BaseException, settings: BackendSettings) -> str:
     """The artist-facing message for a failure reaching or using the backend."""
     errors = bridge.errors
     address = settings.address
+    if isinstance(exc, errors.AuthenticationFailed):
+        return (f"The backend at {address} refused this connection: {exc}. Check 'Server Public Key' and "
+                "'Client Key File' (Preferences > Add-ons > Rerender) against the backend's keys.")
     if isinstance(exc, errors.BackendUnavailable):
         how = ("start it: `rerender serve --bundle BUNDLE --address " + address + "`"
                + (", or enable 'Launch on Render'" if settings.can_launch else
@@ -128,37 +142,30 @@ def explain(exc: BaseException, settings: BackendSettings) -> str:
         return (f"Something at {address} answered, but not as a Rerender backend ({exc}). Check the address.")
     if isinstance(exc, BackendProblem):
         return str(exc)
-    if _is_zmq_address_error(exc) or (isinstance(exc, ValueError) and "address" in str(exc)):
+    if isinstance(exc, errors.InvalidAddress):
         return (f"'{address}' is not a valid backend address ({exc}). Use tcp://HOST:PORT or ipc:///path "
                 "(Preferences > Add-ons > Rerender).")
+    if isinstance(exc, errors.BridgeError):
+        return f"Talking to the backend at {address} failed: {exc}"
     return f"Talking to the backend at {address} failed: {type(exc).__name__}: {exc}"
-
-
-def _is_zmq_address_error(exc: BaseException) -> bool:
-    try:
-        import zmq
-    except ImportError:  # pragma: no cover - pyzmq is a hard dependency of the bridge
-        return False
-    return isinstance(exc, zmq.ZMQError)
 
 
 def check(settings: BackendSettings, timeout: float = STATUS_TIMEOUT) -> BackendStatus:
     """One synchronous hello with a short timeout; never raises (the failure becomes the status message)."""
     started = time.monotonic()
     try:
-        client = bridge.Client(settings.address, timeout=min(timeout, settings.timeout))
-        try:
-            info = client.hello()
-        finally:
-            client.close()
+        with open_client(settings, min(timeout, settings.timeout)) as client:
+            hello = client.hello()
     except Exception as exc:  # noqa: BLE001 - every failure is a status to show, not a crash
         return BackendStatus("error", settings.address, explain(exc, settings), checked_at=time.time())
-    device, model, size = describe_hello(info)
-    if not has_model(info):
+    return _hello_status(settings, hello, f"connected in {time.monotonic() - started:.2f} s")
+
+
+def _hello_status(settings: BackendSettings, hello: Any, message: str) -> BackendStatus:
+    if not hello.has_model:
         return BackendStatus("error", settings.address, explain(bridge.errors.ModelUnavailable("no_model", ""),
-                                                                settings), device, "", 0, dict(info), time.time())
-    return BackendStatus("connected", settings.address, f"connected in {time.monotonic() - started:.2f} s",
-                         device, model, size, dict(info), time.time())
+                                                                settings), hello.device, "", 0, hello, time.time())
+    return connected_status(settings, hello, message)
 
 
 class StatusMonitor:
@@ -220,34 +227,30 @@ class _EngineLink:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[str, float] | None = None
+        self._key: tuple | None = None
         self._client: Any = None
-        self._info: dict | None = None
+        self._info: Any = None
 
-    def get(self, settings: BackendSettings) -> tuple[Any, dict]:
+    def get(self, settings: BackendSettings) -> tuple[Any, Any]:
         with self._lock:
-            key = (settings.address, float(settings.timeout))
+            key = (settings.address, float(settings.timeout), settings.server_key, settings.client_key_file)
             if key != self._key or self._client is None:
                 self._close_locked()
-                self._client = bridge.Client(settings.address, timeout=settings.timeout)
+                self._client = open_client(settings)
                 self._key = key
             if self._info is None:
                 self._info = self._hello_locked(settings)
             return self._client, self._info
 
-    def _hello_locked(self, settings: BackendSettings) -> dict:
+    def _hello_locked(self, settings: BackendSettings) -> Any:
         # The hello gets a short timeout of its own: a dead backend is reported in seconds, not after the
         # (long) frame timeout. A separate client keeps the cached one's timeout untouched.
-        probe = bridge.Client(settings.address, timeout=min(HELLO_TIMEOUT, settings.timeout))
-        try:
-            info = probe.hello()
-        finally:
-            probe.close()
-        if not has_model(info):
+        with open_client(settings, min(HELLO_TIMEOUT, settings.timeout)) as probe:
+            hello = probe.hello()
+        if not hello.has_model:
             raise bridge.errors.ModelUnavailable("no_model", "hello reports no model loaded", op="hello")
-        monitor.publish(BackendStatus("connected", settings.address, "connected", *describe_hello(info),
-                                      dict(info), time.time()))
-        return dict(info)
+        monitor.publish(connected_status(settings, hello, "connected"))
+        return hello
 
     def invalidate(self) -> None:
         """Forget the hello (and the socket) after a failure, so the next frame checks the backend again."""
@@ -266,8 +269,8 @@ class _EngineLink:
 engine_link = _EngineLink()
 
 
-def engine_client(settings: BackendSettings) -> tuple[Any, dict]:
-    """(client, hello info) for rendering; raises ``BackendProblem`` with an artist-facing message.
+def engine_client(settings: BackendSettings) -> tuple[Any, Any]:
+    """(client, typed hello) for rendering; raises ``BackendProblem`` with an artist-facing message.
 
     With 'Launch on Render' and no backend answering, starts the local backend and waits for it (bounded by the
     launch timeout) before giving up.
@@ -293,31 +296,36 @@ def engine_client(settings: BackendSettings) -> tuple[Any, dict]:
 # --- a local backend as a child process --------------------------------------------------------------------------
 
 class LocalBackend:
-    """``rerender serve`` started from the preferences' Python, owned by this Blender process.
-
-    Its output goes to a log file (never a pipe nobody reads, which would block the child when full); when it
-    dies, the last lines of that log become the error message.
-    """
+    """``rerender serve`` started from the preferences' Python, owned by this Blender process, through the
+    project's one launcher (``bridge.launcher``): output to a log file, readiness by ``hello``, the end of the log
+    as the error when it dies, SIGTERM then SIGKILL to stop."""
 
     LAUNCH_TIMEOUT = 120.0  # importing torch and loading a bundle can take a while on a cold disk
 
     def __init__(self) -> None:
-        self.process: subprocess.Popen | None = None
-        self.log_path = ""
+        self.launcher: Any = None
         self.address = ""
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.launcher is not None and self.launcher.running
+
+    @property
+    def process(self) -> Any:
+        return None if self.launcher is None else self.launcher.process
+
+    @property
+    def log_path(self) -> str:
+        return str(self.launcher.log_path) if self.launcher is not None and self.launcher.log_path else ""
 
     @staticmethod
     def command(settings: BackendSettings) -> list[str]:
         """The child's command line (no shell: paths with spaces are safe)."""
-        return [settings.python_executable, "-c", "import sys; from rerender import main; sys.exit(main())",
-                "serve", "--bundle", settings.bundle_path, "--address", settings.address,
-                "--device", settings.device]
+        return bridge.launcher.serve_command(settings.address, bundle=settings.bundle_path, device=settings.device,
+                                             python=settings.python_executable)
 
     def start(self, settings: BackendSettings) -> None:
+        """Start the child and return at once (``wait_ready`` or the panel's timer watches it come up)."""
         if not settings.python_executable:
             raise BackendProblem("Set 'Backend Python' in Preferences > Add-ons > Rerender to a Python that has "
                                  "the backend installed (pip install 'rerender[backend]').")
@@ -327,52 +335,47 @@ class LocalBackend:
         if not settings.bundle_path or not os.path.isdir(settings.bundle_path):
             raise BackendProblem(f"'Model Bundle' {settings.bundle_path!r} is not a folder: choose the bundle "
                                  "made by `rerender train` or `rerender bundle init`.")
+        if settings.uses_keys:
+            raise BackendProblem("A local backend serves this machine without CURVE keys: clear 'Server Public "
+                                 "Key' and 'Client Key File' to launch one, or start the keyed backend yourself "
+                                 "(`rerender serve --server-key ... --client-keys ...`).")
         if self.running:
             if self.address == settings.address:
                 return
             self.stop()
-        fd, self.log_path = tempfile.mkstemp(prefix="rerender-backend-", suffix=".log")
-        with os.fdopen(fd, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(settings), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=sys.platform != "win32",
-            )
-        self.address = settings.address
+        launcher = bridge.launcher.BackendLauncher(self.command(settings), settings.address,
+                                                   start_timeout=self.LAUNCH_TIMEOUT, new_session=True)
+        try:
+            launcher.spawn()
+        except bridge.launcher.BackendStartError as exc:
+            raise BackendProblem(f"The local backend could not start: {exc}") from None
+        self.launcher, self.address = launcher, settings.address
 
     def wait_ready(self, settings: BackendSettings, timeout: float | None = None) -> BackendStatus:
-        """Poll with short hellos until the child answers; raise ``BackendProblem`` if it dies or never does."""
-        deadline = time.monotonic() + (self.LAUNCH_TIMEOUT if timeout is None else timeout)
-        while True:
-            if not self.running:
-                raise BackendProblem(f"The local backend exited (code {self.process.poll() if self.process else '?'}"
-                                     f"): {self.log_tail()}")
-            status = check(settings, timeout=1.0)
-            if status.connected:
-                monitor.publish(status)
-                return status
-            if time.monotonic() > deadline:
-                raise BackendProblem(f"The local backend did not answer at {settings.address} within "
-                                     f"{self.LAUNCH_TIMEOUT:g} s; its log: {self.log_path}")
-            time.sleep(0.25)
+        """Block until the child answers hello (render jobs only, never the UI); raise ``BackendProblem`` with the
+        end of its log if it dies, or its log's path if it never answers."""
+        if self.launcher is None:
+            raise BackendProblem("The local backend was not started.")
+        try:
+            hello = self.launcher.wait_ready(self.LAUNCH_TIMEOUT if timeout is None else timeout)
+        except bridge.launcher.BackendStartError as exc:
+            raise BackendProblem(f"The local backend did not come up: {exc}") from None
+        except bridge.errors.BridgeError as exc:
+            raise BackendProblem(explain(exc, settings)) from exc
+        status = _hello_status(settings, hello, "connected")
+        monitor.publish(status)
+        return status
 
     def log_tail(self, lines: int = 6) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return " | ".join(line.rstrip() for line in deque(f, maxlen=lines)) or "(no output)"
-        except OSError:
+        if self.launcher is None:
             return "(no log)"
+        return " | ".join(self.launcher.log_tail(lines).splitlines())
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the child (then kill it if it ignores that); only the process this object started."""
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        launcher, self.launcher = self.launcher, None
+        if launcher is not None:
+            launcher.stop(timeout)
 
 
 local_backend = LocalBackend()

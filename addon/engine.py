@@ -18,7 +18,6 @@ import time
 
 import bpy
 import numpy as np
-import zmq
 
 from . import batch, connection, properties, viewport
 from ._bridge import DeepBuffer, bridge, srgb8_to_linear, srgb_to_linear
@@ -193,7 +192,7 @@ class RerenderEngine(bpy.types.RenderEngine):
         client, info = connection.engine_client(settings)
         batch.pipeline.bind(client)
         timings["connect"] = time.perf_counter() - started
-        expected = connection.describe_hello(info)[2]
+        expected = info.latent_size or 0
         latent, warning = frame_latent(depsgraph.scene_eval, expected)
         if warning:
             self.report({"WARNING"}, warning)
@@ -242,7 +241,7 @@ class RerenderEngine(bpy.types.RenderEngine):
             if used_labels is not None:  # S filled the empty pixels: the Label pass shows what the network got
                 buffer = DeepBuffer(buffer.color, buffer.depth, np.asarray(used_labels), buffer.mask)
             timings["backend"] = time.perf_counter() - step
-        except (bridge.errors.BridgeError, zmq.ZMQError) as exc:  # the backend's failures, told to the artist
+        except bridge.errors.BridgeError as exc:  # the backend's failures (ZeroMQ's wrapped), told to the artist
             batch.pipeline.clear()
             connection.engine_link.invalidate()
             raise connection.BackendProblem(connection.explain(exc, settings)) from exc

@@ -3,7 +3,9 @@
 Why preferences and not scene properties: the backend is a property of the machine (its GPU, its address), not of
 the shot. A .blend file sent to a render farm must render on every worker against that worker's backend, so the
 address lives in each worker's preferences, and the environment variable ``RERENDER_BACKEND`` overrides it
-(Flamenco jobs set environment variables easily).
+(Flamenco jobs set environment variables easily). The CURVE keys for a remote backend (docs/install.md, "Remote
+backends with keys") sit here for the same reason, with ``RERENDER_SERVER_KEY`` / ``RERENDER_CLIENT_KEY`` as
+overrides for workers whose preferences nobody edits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .connection import DEFAULT_ADDRESS, BackendSettings
 
 ADDON_ID = __package__  # "rerender.addon" in a Python install, "bl_ext.<repo>.rerender" as an extension
 ADDRESS_ENV = "RERENDER_BACKEND"
+SERVER_KEY_ENV = "RERENDER_SERVER_KEY"
+CLIENT_KEY_ENV = "RERENDER_CLIENT_KEY"
 
 
 class RerenderPreferences(bpy.types.AddonPreferences):
@@ -50,6 +54,16 @@ class RerenderPreferences(bpy.types.AddonPreferences):
         name="Launch on Render", default=False,
         description="When a render finds no backend at the address, start the local backend and wait for it",
     )
+    server_key: bpy.props.StringProperty(
+        name="Server Public Key", default="",
+        description="For a backend started with CURVE keys: its public key (the 40 characters `rerender keys show "
+        f"server.key` prints) or the path of its server.key file. Empty: no encryption. {SERVER_KEY_ENV} overrides it",
+    )
+    client_key_file: bpy.props.StringProperty(
+        name="Client Key File", subtype="FILE_PATH", default="",
+        description="This machine's private key file (NAME.key_secret from `rerender keys create NAME`); the "
+        f"backend must list NAME.key among its allowed clients. {CLIENT_KEY_ENV} overrides it",
+    )
 
     def draw(self, context: bpy.types.Context) -> None:
         from .panels import draw_backend_status  # panels imports this module: import late
@@ -66,6 +80,13 @@ class RerenderPreferences(bpy.types.AddonPreferences):
         box.prop(self, "bundle_path")
         box.prop(self, "device")
         box.prop(self, "launch_on_render")
+        keys = layout.box()
+        keys.label(text="Remote backend keys (CURVE, optional)")
+        keys.prop(self, "server_key")
+        keys.prop(self, "client_key_file")
+        for name in (SERVER_KEY_ENV, CLIENT_KEY_ENV):
+            if os.environ.get(name):
+                keys.label(text=f"Overridden by {name}", icon="INFO")
         draw_backend_status(layout, context)
 
 
@@ -88,11 +109,13 @@ def backend_settings(context: bpy.types.Context | None = None) -> BackendSetting
             bundle_path=bpy.path.abspath(prefs.bundle_path) if prefs.bundle_path else "",
             device=prefs.device,
             launch_on_render=bool(prefs.launch_on_render),
+            server_key=prefs.server_key.strip(),
+            client_key_file=bpy.path.abspath(prefs.client_key_file) if prefs.client_key_file.strip() else "",
         )
-    override = os.environ.get(ADDRESS_ENV, "").strip()
-    if override:
-        settings = settings.replace(address=override)
-    return settings
+    overrides = {field: os.environ.get(name, "").strip()
+                 for field, name in (("address", ADDRESS_ENV), ("server_key", SERVER_KEY_ENV),
+                                     ("client_key_file", CLIENT_KEY_ENV))}
+    return settings.replace(**{field: value for field, value in overrides.items() if value})
 
 
 def preferences(context: bpy.types.Context | None = None) -> RerenderPreferences | None:

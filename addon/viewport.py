@@ -51,9 +51,10 @@ class LatestWinsRequester:
 
     def __init__(self, address: str, timeout: float = 10.0, *,
                  on_frame: Callable[[PreviewFrame], None] | None = None,
-                 explain: Callable[[BaseException], str] | None = None) -> None:
+                 explain: Callable[[BaseException], str] | None = None, security: Any = None) -> None:
         self.address = address
         self.timeout = timeout
+        self.security = security  # CURVE keys (bridge.security.ClientCurve) or None
         self.on_frame = on_frame
         self._explain = explain or (lambda exc: f"{type(exc).__name__}: {exc}")
         self._cond = threading.Condition()
@@ -106,7 +107,7 @@ class LatestWinsRequester:
                     generation, buffer, latent = self._offer
                     self._offer = None
                 if client is None:
-                    client = bridge.Client(self.address, timeout=self.timeout)
+                    client = bridge.Client(self.address, timeout=self.timeout, security=self.security)
                 started = time.perf_counter()
                 try:
                     image = client.rerender(buffer, latent)
@@ -167,13 +168,19 @@ class ViewportSession:
     def _ensure_requester(self, settings) -> LatestWinsRequester:
         from . import connection
 
-        if self.requester is None or self._address != settings.address:
+        link = (settings.address, settings.server_key, settings.client_key_file)
+        if self.requester is None or self._address != link:
             if self.requester is not None:
                 self.requester.stop(0.5)
+            try:
+                security = settings.curve()
+            except connection.BackendProblem:
+                security = None  # the status check shows the key problem; nothing is offered until it connects
             self.requester = LatestWinsRequester(settings.address, settings.timeout,
                                                  on_frame=lambda _frame: self._landed.set(),
-                                                 explain=lambda exc: connection.explain(exc, settings))
-            self._address = settings.address
+                                                 explain=lambda exc: connection.explain(exc, settings),
+                                                 security=security)
+            self._address = link
         return self.requester
 
     def _redraw_timer(self) -> float | None:

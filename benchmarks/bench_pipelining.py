@@ -18,7 +18,6 @@ import json
 import math
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pipelining.json"
-_LAUNCH = "import sys; from rerender import main; sys.exit(main())"
 
 
 def free_address() -> str:
@@ -36,25 +34,15 @@ def free_address() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def start_backend(bundle: Path, address: str, latency_ms: float, log: Path) -> subprocess.Popen:
-    from rerender.bridge import BackendUnavailable, Client
+def start_backend(bundle: Path, address: str, latency_ms: float, log: Path):
+    """`rerender serve` with the tiny bundle and a simulated GPU latency, started by the project's launcher."""
+    from rerender.bridge.launcher import BackendLauncher, serve_command
 
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, "serve", "--bundle", str(bundle), "--device", "cpu",
-                                 "--address", address, "--simulate-latency-ms", str(latency_ms)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    with Client(address, timeout=1.0) as client:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"rerender serve exited: {log.read_text()}")
-            try:
-                client.hello()
-                return proc
-            except BackendUnavailable:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise SystemExit(f"rerender serve did not answer: {log.read_text()}")
+    launcher = BackendLauncher(serve_command(address, bundle=bundle, device="cpu",
+                                             extra_args=("--simulate-latency-ms", str(latency_ms))),
+                               address, log_path=log, start_timeout=120)
+    launcher.start()
+    return launcher
 
 
 def build_shot(frames: int, size: tuple[int, int], out_dir: Path):
@@ -132,8 +120,7 @@ def main() -> int:
             off = render(scene, tmp, pipelining=False)
             on = render(scene, tmp, pipelining=True)
         finally:
-            backend.terminate()
-            backend.wait(20)
+            backend.stop(20)
     result = {
         "benchmark": "bench_pipelining", "frames": args.frames, "size": list(size),
         "backend_latency_ms": args.latency_ms, "points": 20000,

@@ -9,15 +9,20 @@ from .classes import CITYSCAPES, DEFAULT_CLASSES, UNKNOWN, ClassTable, SemanticC
 from .client import Appearance, Client
 from .colors import linear_to_srgb, linear_to_srgb8, srgb8_to_linear, srgb_to_linear
 from .errors import (
-    BackendBusy, BackendFailure, BackendUnavailable, BridgeError, InvalidRequest, ModelUnavailable, ProtocolError,
-    ProtocolMismatch, RemoteError,
+    AuthenticationFailed, BackendBusy, BackendFailure, BackendUnavailable, BridgeError, InvalidAddress,
+    InvalidRequest, KeyFileError, ModelUnavailable, ProtocolError, ProtocolMismatch, RemoteError, TransportError,
 )
+from .hello import ServerHello
+from .launcher import BackendLauncher, BackendStartError, serve_command
 from .protocol import DEFAULT_ADDRESS, PROTOCOL_VERSION, Limits
+from .security import ClientCurve, ServerCurve
 
 __all__ = [
     "DeepBuffer", "BufferError", "ClassTable", "SemanticClass", "CITYSCAPES", "DEFAULT_CLASSES", "UNKNOWN",
     "srgb_to_linear", "linear_to_srgb", "linear_to_srgb8", "srgb8_to_linear",
     "Client", "Appearance", "DEFAULT_ADDRESS", "PROTOCOL_VERSION", "Limits",
     "BridgeError", "BackendUnavailable", "ProtocolError", "RemoteError", "ProtocolMismatch", "InvalidRequest",
-    "ModelUnavailable", "BackendBusy", "BackendFailure",
+    "ModelUnavailable", "BackendBusy", "BackendFailure", "AuthenticationFailed", "TransportError", "InvalidAddress",
+    "KeyFileError", "ServerHello", "BackendLauncher", "BackendStartError", "serve_command", "ClientCurve",
+    "ServerCurve",
 ]

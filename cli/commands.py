@@ -18,6 +18,7 @@ from . import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rerender.backend.commands.serve", "serve a model bundle to Blender over ZeroMQ"),
     "bundle": ("rerender.backend.commands.bundle", "create or inspect a model bundle"),
+    "keys": ("rerender.backend.commands.keys", "CURVE key pairs for a backend reached over a network"),
     "reconstruct": ("rerender.training.commands.reconstruct", "photos -> COLMAP workspace (pycolmap SfM)"),
     "dataset": ("rerender.training.commands.dataset", "COLMAP workspace -> aligned training dataset"),
     "train": ("rerender.training.commands.train", "staged training (and baselines) -> model bundle"),

@@ -29,24 +29,34 @@ Frame sizes for the small bundle must be multiples of ``SMALL_BUNDLE_MULTIPLE`` 
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from rerender.bridge import BackendUnavailable, Client
+from rerender.bridge.launcher import ENTRY, BackendLauncher, serve_command
+from rerender.bridge.security import ClientCurve
 
 SMALL_BUNDLE_SIZES = dict(base_channels=4, depth=2, max_channels=16, latent_size=8, encoder_channels=8,
                           encoder_blocks=1, training_resolution=(32, 32), name="test-small")
 SMALL_BUNDLE_MULTIPLE = 2 ** SMALL_BUNDLE_SIZES["depth"]
-_LAUNCH = "import sys; from rerender import main; sys.exit(main())"
+
+
+# A Blender test lane (packaging/blender_lanes.sh) runs Blender's Python without torch: the backend and its bundles
+# come from the project's main environment, named here.
+BACKEND_PYTHON = os.environ.get("RERENDER_BACKEND_PYTHON") or sys.executable
 
 
 def make_small_bundle(out: Path, **overrides) -> Path:
     """A model bundle with freshly initialised, tiny networks (milliseconds per 32x32 frame on a CPU)."""
+    if BACKEND_PYTHON != sys.executable:
+        code = ("import json, sys; from rerender.backend.bundle import init_bundle; "
+                "init_bundle(sys.argv[1], **json.loads(sys.argv[2]))")
+        subprocess.run([BACKEND_PYTHON, "-c", code, str(out), json.dumps({**SMALL_BUNDLE_SIZES, **overrides})],
+                       check=True)
+        return Path(out)
     from rerender.backend.bundle import init_bundle
 
     init_bundle(out, **{**SMALL_BUNDLE_SIZES, **overrides})
@@ -70,70 +80,31 @@ def ipc_address(folder: Path) -> str:
     return f"ipc://{path}"
 
 
-class BackendProcess:
-    """``rerender serve`` in a subprocess; a context manager that starts it and always stops it."""
+class BackendProcess(BackendLauncher):
+    """``rerender serve -vv`` in a subprocess (the project's one launcher); a context manager that starts it and
+    always stops it. ``entry`` replaces ``-m rerender`` (a patched server); ``security`` holds the CURVE keys the
+    readiness hello uses."""
 
     def __init__(self, bundle: Path | None, address: str, *, device: str = "cpu", extra_args: tuple[str, ...] = (),
-                 start_timeout: float = 90.0, log_path: Path | None = None) -> None:
+                 start_timeout: float = 90.0, log_path: Path | None = None, entry: tuple[str, ...] = ENTRY,
+                 security: ClientCurve | None = None) -> None:
         self.bundle = bundle
-        self.address = address
         self.device = device
         self.extra_args = tuple(extra_args)
-        self.start_timeout = start_timeout
-        self.log_path = Path(log_path) if log_path else Path(os.environ.get("TMPDIR", "/tmp")) / \
-            f"rerender-serve-{os.getpid()}-{id(self)}.log"
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
+        command = serve_command(address, bundle=bundle, device=device if bundle else None, verbose=2,
+                                extra_args=self.extra_args, entry=entry, python=BACKEND_PYTHON)
+        super().__init__(command, address, log_path=log_path, start_timeout=start_timeout, security=security)
 
-    def command(self) -> list[str]:
-        model = ["--bundle", str(self.bundle), "--device", self.device] if self.bundle else ["--transport-only"]
-        return [sys.executable, "-c", _LAUNCH, "-vv", "serve", *model, "--address", self.address, *self.extra_args]
+    @property
+    def info(self):
+        """The typed hello of the last start (``rerender.bridge.hello.ServerHello``)."""
+        return self.hello
 
     def start(self) -> "BackendProcess":
-        """Start the server and block until it answers ``hello`` (raises RuntimeError with its log otherwise)."""
-        if self.process is not None and self.process.poll() is None:
-            raise RuntimeError("the backend is already running; stop() or kill() it first")
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.starts += 1
-        deadline = time.monotonic() + self.start_timeout
-        with Client(self.address, timeout=1.0) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"`rerender serve` exited with {self.process.returncode}:\n{self.log()}")
-                try:
-                    self.info = client.hello()
-                    return self
-                except BackendUnavailable:
-                    if time.monotonic() > deadline:
-                        self.kill()
-                        raise RuntimeError(f"`rerender serve` did not answer within {self.start_timeout} s:\n"
-                                           f"{self.log()}") from None
-
-    def kill(self) -> None:
-        """SIGKILL: the crash case (no clean shutdown, in-flight requests are lost)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM and wait for a clean exit (SIGKILL after ``timeout``); returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """Start the server and block until it answers ``hello`` (raises BackendStartError, a RuntimeError, with
+        the end of its log otherwise)."""
+        super().start()
+        return self
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux), to check that hostile input does not grow it."""
@@ -142,9 +113,3 @@ class BackendProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("VmRSS not found")
-
-    def __enter__(self) -> "BackendProcess":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

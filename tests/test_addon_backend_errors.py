@@ -117,13 +117,10 @@ NEWER_PROTOCOL_SERVER = (
 )
 
 
-def test_protocol_version_mismatch_says_to_install_matching_releases(prefs, shot, monkeypatch):
-    import support_backend
-
-    monkeypatch.setattr(support_backend, "_LAUNCH", NEWER_PROTOCOL_SERVER)
+def test_protocol_version_mismatch_says_to_install_matching_releases(prefs, shot):
     from rerender.bridge import ProtocolMismatch
 
-    backend = BackendProcess(None, free_tcp_address())
+    backend = BackendProcess(None, free_tcp_address(), entry=("-c", NEWER_PROTOCOL_SERVER))
     process_started = time.perf_counter()
     with pytest.raises(ProtocolMismatch):
         backend.start()  # it is up (it answered), in a protocol the test client does not speak either

@@ -57,7 +57,7 @@ def test_submit_returns_at_once_and_collect_gives_each_request_its_own_image(slo
         # collected in reverse order: replies are matched by id, not by arrival
         got = {i: client.collect_image(i) for i in reversed(ids)}
         assert client.submitted == ()
-        assert client.hello()["latent_size"] == 8, "nothing left submitted: a blocking call works again"
+        assert client.hello().latent_size == 8, "nothing left submitted: a blocking call works again"
     for i, image in zip(ids, expected):
         np.testing.assert_array_equal(got[i], image)
     assert not np.array_equal(expected[0], expected[2]), "different buffers and latents must give different images"
@@ -69,7 +69,7 @@ def test_blocking_calls_refuse_while_submitted_requests_wait_and_cancel_frees_th
         with pytest.raises(RuntimeError, match="collect\\(\\) or cancel\\(\\)"):
             client.hello()
         client.cancel(rid)
-        assert client.hello()["protocol"] >= 1
+        assert client.hello().protocol >= 1
         with pytest.raises(KeyError, match="never submitted"):
             client.collect(rid)
 

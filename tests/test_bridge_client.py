@@ -40,7 +40,7 @@ def test_echo_returns_arrays_and_params_untouched(echo_backends, transport):
     buffer.depth[3:9, 5:20] = 2.5
     arrays = {**protocol.buffer_to_wire(buffer), "extra": np.linspace(-1, 1, 7, dtype=np.float32)}
     with Client(backend.address, timeout=10) as client:
-        assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION
+        assert client.hello().protocol == protocol.PROTOCOL_VERSION
         params, back = client.echo(arrays, {"frame": 12, "note": "hi"})
     assert params == {"frame": 12, "note": "hi"}
     assert back.keys() == arrays.keys()
@@ -51,7 +51,7 @@ def test_echo_returns_arrays_and_params_untouched(echo_backends, transport):
 def test_transport_only_server_refuses_model_ops_with_a_typed_error(echo_backends):
     with Client(echo_backends["tcp"].address, timeout=10) as client:
         info = client.hello()
-        assert info["model"] is None and info["latent_size"] is None
+        assert info.model is None and info.latent_size is None
         with pytest.raises(ModelUnavailable, match="--bundle"):
             client.rerender(DeepBuffer.empty(8, 8), np.zeros(8, np.float32))
 

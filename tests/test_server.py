@@ -40,9 +40,9 @@ def _latent(seed: int) -> np.ndarray:
 def test_hello_reports_protocol_latent_size_device_and_model(backend):
     with Client(backend.address, timeout=20) as client:
         info = client.hello()
-    assert info["protocol"] == protocol.PROTOCOL_VERSION
-    assert info["latent_size"] == LATENT and info["device"] == "cpu" and info["model"] == "test-small"
-    assert "rerender" in info["ops"] and info["precision"] == "fp32"
+    assert info.protocol == protocol.PROTOCOL_VERSION
+    assert info.latent_size == LATENT and info.device == "cpu" and info.model == "test-small"
+    assert "rerender" in info.ops and info.precision == "fp32"
     assert "listening on tcp://127.0.0.1:" in backend.log() and "device cpu" in backend.log()
 
 
@@ -60,7 +60,7 @@ def test_rerender_round_trip_over_tcp_gives_the_requested_size_and_dtype(backend
 def test_rerender_round_trip_over_ipc(bundle, tmp_path):
     with BackendProcess(bundle, ipc_address(tmp_path), log_path=tmp_path / "serve.log") as proc:
         with Client(proc.address, timeout=20) as client:
-            assert client.hello()["latent_size"] == LATENT
+            assert client.hello().latent_size == LATENT
             image = client.rerender(_buffer(12, 16, 1), _latent(1))
     assert image.dtype == np.uint8 and image.shape == (12, 16, 3)
 
@@ -128,5 +128,5 @@ def test_eight_in_flight_from_three_clients_every_reply_matches_its_request(back
             # batched CPU convolutions may round differently from single ones: allow 2/255
             assert np.abs(image.astype(int) - reference[c][k]).max() <= 2, (c, k)
     with Client(backend.address, timeout=20) as client:
-        stats = client.hello()["stats"]
+        stats = client.hello().stats
     assert stats["largest_batch"] > 1  # requests that arrived together were computed as one micro-batch
