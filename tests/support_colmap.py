@@ -136,12 +136,12 @@ def write_fused_ply(path: str | Path, xyz: np.ndarray, rgb8: np.ndarray) -> None
 
 PLANE_HALF = (2.6, 1.9)  # the plane z = 0, x in [-2.6, 2.6], y in [-1.9, 1.9]
 PLANE_BACKGROUND = (140, 158, 178)  # sRGB of everything around it
-PLANE_COLORS = ((205, 70, 40), (60, 170, 70))  # a 0.5-unit checker on the plane
+PLANE_COLORS = ((205, 70, 40), (60, 170, 70))  # a 0.35-unit checker on the plane
 PLANE_VIEWS = (((0.4, -0.3, -6.2), 0.0), ((-1.6, 0.5, -6.0), 6.0), ((1.8, 0.9, -5.8), -4.0))  # center, roll
 
 
 def _plane_color(xy: np.ndarray) -> np.ndarray:
-    checker = (np.floor(xy[:, 0] / 0.5) + np.floor(xy[:, 1] / 0.5)).astype(int) % 2
+    checker = (np.floor(xy[:, 0] / 0.35) + np.floor(xy[:, 1] / 0.35)).astype(int) % 2
     return np.asarray(PLANE_COLORS, np.uint8)[checker]
 
 
@@ -157,8 +157,8 @@ def write_plane_workspace(root: str | Path, model: str = "PINHOLE", *, size=(320
     from PIL import Image
 
     w, h = size
-    params = {"PINHOLE": [focal, focal, w / 2, h / 2], "SIMPLE_RADIAL": [focal, w / 2, h / 2, -0.12],
-              "OPENCV": [focal, focal * 1.01, w / 2 + 3, h / 2 - 2, -0.22, 0.05, 0.001, -0.001]}[model]
+    params = {"PINHOLE": [focal, focal, w / 2, h / 2], "SIMPLE_RADIAL": [focal, w / 2, h / 2, -0.2],
+              "OPENCV": [focal, focal * 1.01, w / 2 + 3, h / 2 - 2, -0.3, 0.08, 0.001, -0.001]}[model]
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     model_dir = root / "sparse" / "0"
