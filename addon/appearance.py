@@ -29,8 +29,6 @@ from .looks import (  # noqa: F401  (re-exported: scripts and tests use these na
 )
 from .preferences import backend_settings
 
-POLL_S = 0.25
-
 
 # --- the backend, off the UI thread -------------------------------------------------------------------------------
 

@@ -1,39 +1,23 @@
 """The Rerender UI: a panel in Render properties and one in the 3D view's sidebar (N), with their buttons.
 
 Why drawing never touches the network: ``draw()`` runs on every redraw of the UI, so it only reads the last status
-from ``connection.monitor``. The "Check" button and a slow periodic timer start checks in a thread; a fast timer
-runs only while a check is in flight and redraws the panels when its result lands.
+from ``connection.monitor``. The "Check" button and a slow periodic timer start checks in a thread; the add-on's
+job pump (``jobs.py``) runs only while a check is in flight and redraws the panels when its result lands.
 """
 
 from __future__ import annotations
 
+import time
+
 import bpy
 
-from . import appearance, connection, properties, semantics
+from . import appearance, connection, jobs, properties, semantics, ui
 from .preferences import backend_settings
 
 PERIODIC_CHECK_S = 15.0  # background re-check of the backend while Blender's UI runs
-POLL_S = 0.25  # how often the redraw timer looks for a finished check
 
 
 # --- drawing ------------------------------------------------------------------------------------------------------
-
-def draw_backend_status(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
-    """Status line plus the buttons to check, launch and stop a backend."""
-    status = connection.monitor.status
-    icon = {"connected": "CHECKMARK", "checking": "SORTTIME", "error": "ERROR"}.get(status.state, "QUESTION")
-    box = layout.box()
-    col = box.column(align=True)
-    line = status.line() if status.state != "unknown" else f"{backend_settings(context).address}: not checked yet"
-    for i, chunk in enumerate(_wrap(line, 60)):
-        col.label(text=chunk, icon=icon if i == 0 else "BLANK1")
-    row = box.row(align=True)
-    row.operator(RERENDER_OT_check_backend.bl_idname, icon="FILE_REFRESH")
-    if connection.local_backend.running:
-        row.operator(RERENDER_OT_stop_backend.bl_idname, icon="CANCEL")
-    else:
-        row.operator(RERENDER_OT_launch_backend.bl_idname, icon="PLAY")
-
 
 def draw_appearance(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
     """Point size and the current frame's latent (each value keyable with I, like any property)."""
@@ -86,17 +70,6 @@ def draw_looks(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
         box.label(text=f"{what} …", icon="SORTTIME")
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return lines + ([line] if line else [])
-
-
 class RERENDER_PT_render(bpy.types.Panel):
     bl_idname = "RERENDER_PT_render"
     bl_label = "Neural Rerender"
@@ -110,7 +83,7 @@ class RERENDER_PT_render(bpy.types.Panel):
         return context.scene is not None and context.scene.render.engine in cls.COMPAT_ENGINES
 
     def draw(self, context: bpy.types.Context) -> None:
-        draw_backend_status(self.layout, context)
+        ui.draw_backend_status(self.layout, backend_settings(context))
         draw_appearance(self.layout, context.scene)
 
 
@@ -125,7 +98,7 @@ class RERENDER_PT_sidebar(bpy.types.Panel):
         scene = context.scene
         if scene.render.engine != "RERENDER":
             self.layout.label(text="Render engine is not Neural Rerender", icon="INFO")
-        draw_backend_status(self.layout, context)
+        ui.draw_backend_status(self.layout, backend_settings(context))
         draw_appearance(self.layout, scene)
 
 
@@ -138,8 +111,7 @@ class RERENDER_OT_check_backend(bpy.types.Operator):
     bl_label = "Check"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        connection.monitor.request(backend_settings(context))
-        _start_redraw_timer()
+        request_check(backend_settings(context))
         return {"FINISHED"}
 
 
@@ -173,7 +145,7 @@ class RERENDER_OT_stop_backend(bpy.types.Operator):
         connection.engine_link.invalidate()
         connection.monitor.publish(connection.BackendStatus("error", backend_settings(context).address,
                                                             "local backend stopped"))
-        _redraw()
+        ui.redraw()
         return {"FINISHED"}
 
 
@@ -211,68 +183,64 @@ class RERENDER_OT_key_appearance(bpy.types.Operator):
         return {"FINISHED"}
 
 
-# --- timers: the only way results of background threads reach the UI --------------------------------------------
+# --- background work: status checks and launches reach the UI through the job pump ------------------------------
 
 _seen_generation = -1
 
 
-def _redraw() -> None:
-    wm = bpy.context.window_manager
-    for window in getattr(wm, "windows", []):
-        for area in window.screen.areas:
-            if area.type in {"PROPERTIES", "VIEW_3D", "PREFERENCES"}:
-                area.tag_redraw()
-
-
 def _apply_status_to_scene() -> None:
-    """Give a scene without an appearance the model's latent size (main thread, via a timer)."""
+    """Give a scene without an appearance the model's latent size (main thread, from the pump)."""
     status = connection.monitor.status
     scene = getattr(bpy.context, "scene", None)
     if status.connected and status.latent_size and scene is not None and properties.latent_size(scene) == 0:
         properties.match_latent_size(scene, status.latent_size)
 
 
-def _redraw_timer() -> float | None:
+def _status_watcher() -> tuple[bool, bool]:
+    """The pump's view of ``connection.monitor``: (a new status arrived, a check is still in flight)."""
     global _seen_generation
-    if connection.monitor.generation != _seen_generation:
+    changed = connection.monitor.generation != _seen_generation
+    if changed:
         _seen_generation = connection.monitor.generation
         _apply_status_to_scene()
-        _redraw()
-    return POLL_S if connection.monitor.busy else None
+    return changed, connection.monitor.busy
 
 
-def _start_redraw_timer() -> None:
-    if not bpy.app.timers.is_registered(_redraw_timer):
-        bpy.app.timers.register(_redraw_timer, first_interval=POLL_S)
+def request_check(settings: connection.BackendSettings) -> None:
+    """Start a status check (unless one runs) and make sure the pump shows its result."""
+    connection.monitor.request(settings)
+    jobs.ensure_pump()
 
 
 def _periodic_check() -> float:
-    connection.monitor.request(backend_settings())
-    _start_redraw_timer()
+    request_check(backend_settings())
     return PERIODIC_CHECK_S
 
 
+launch_watch = jobs.JobRunner("launch", jobs.ONE_AT_A_TIME)
+
+
 def _watch_launch(settings: connection.BackendSettings) -> None:
-    """After a launch, poll (non-blocking) until the child answers or dies; show that in the panel."""
-    remaining = [connection.LocalBackend.LAUNCH_TIMEOUT]
+    """After a launch, check once a second (in a worker) until the child answers, dies or runs out of time."""
+    def work() -> connection.BackendStatus:
+        deadline = time.monotonic() + connection.LocalBackend.LAUNCH_TIMEOUT
+        while True:
+            if not connection.local_backend.running:
+                return connection.BackendStatus(
+                    "error", settings.address, f"The local backend exited: {connection.local_backend.log_tail()}")
+            status = connection.check(settings)
+            if status.connected or time.monotonic() >= deadline:
+                return status
+            time.sleep(1.0)
 
-    def tick() -> float | None:
-        if not connection.local_backend.running:
-            connection.monitor.publish(connection.BackendStatus(
-                "error", settings.address, f"The local backend exited: {connection.local_backend.log_tail()}"))
-            _redraw()
-            return None
-        if connection.monitor.status.connected or remaining[0] <= 0:
-            return None
-        remaining[0] -= 1.0
-        connection.monitor.request(settings)
-        _start_redraw_timer()
-        return 1.0
+    def done(status: connection.BackendStatus) -> str:
+        connection.monitor.publish(status)
+        return f"local backend: {status.message}"
 
-    bpy.app.timers.register(tick, first_interval=1.0)
+    launch_watch.start("watch the local backend start", work, done)
 
 
-CLASSES = (
+CLASSES = ui.CLASSES + (
     RERENDER_OT_check_backend, RERENDER_OT_launch_backend, RERENDER_OT_stop_backend, RERENDER_OT_match_latent,
     RERENDER_OT_key_appearance, RERENDER_PT_render, RERENDER_PT_sidebar,
 )
@@ -281,13 +249,15 @@ CLASSES = (
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    jobs.watch(_status_watcher)
     if not bpy.app.background:  # no UI to keep up to date in background renders and tests
         bpy.app.timers.register(_periodic_check, first_interval=1.0, persistent=True)
 
 
 def unregister() -> None:
-    for timer in (_periodic_check, _redraw_timer):
-        if bpy.app.timers.is_registered(timer):
-            bpy.app.timers.unregister(timer)
+    jobs.unwatch(_status_watcher)
+    jobs.stop_pump()
+    if bpy.app.timers.is_registered(_periodic_check):
+        bpy.app.timers.unregister(_periodic_check)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

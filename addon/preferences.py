@@ -66,7 +66,7 @@ class RerenderPreferences(bpy.types.AddonPreferences):
     )
 
     def draw(self, context: bpy.types.Context) -> None:
-        from .panels import draw_backend_status  # panels imports this module: import late
+        from .ui import draw_backend_status  # the UI leaf (it imports no other UI module)
 
         layout = self.layout
         col = layout.column()
@@ -87,7 +87,7 @@ class RerenderPreferences(bpy.types.AddonPreferences):
         for name in (SERVER_KEY_ENV, CLIENT_KEY_ENV):
             if os.environ.get(name):
                 keys.label(text=f"Overridden by {name}", icon="INFO")
-        draw_backend_status(layout, context)
+        draw_backend_status(layout, backend_settings(context))
 
 
 def backend_settings(context: bpy.types.Context | None = None) -> BackendSettings:

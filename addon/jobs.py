@@ -1,0 +1,176 @@
+"""The add-on's one way to work off Blender's UI thread: a worker thread per job, and one main-thread timer pump
+that delivers results and tags redraws.
+
+Why: Blender's UI must never wait on a socket (a backend across the network may take seconds, or never answer), and
+bpy data may be edited only on the main thread. So work runs in a daemon thread, and its result is handed to an
+``on_done`` callback by :func:`pump`, the single ``bpy.app.timers`` callback of the add-on, which runs only while
+something is in flight. Policies say what a second start does while a job runs:
+
+- ``PARALLEL``: it runs too (a gallery fetch and photo encodes are independent);
+- ``ONE_AT_A_TIME``: it is refused, ``start`` returns False (a status check is already asking the same question);
+- ``LATEST_WINS``: it runs, and the older job's result is dropped when it ends (only the newest answer matters).
+
+Scripts and tests run inside the ``bpy`` module, where timers never fire: they call ``runner.wait()`` and
+``runner.deliver()`` themselves. No bpy at import time (bpy is imported only to register the timer), so the runner is
+plain-Python testable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+PARALLEL, ONE_AT_A_TIME, LATEST_WINS = "parallel", "one at a time", "latest wins"
+POLL_S = 0.25  # how often the pump looks for finished jobs while any is in flight
+MESSAGES_KEPT = 5
+
+Watcher = Callable[[], "tuple[bool, bool]"]  # () -> (something changed: redraw, still busy: keep pumping)
+
+
+@dataclass
+class Job:
+    """One piece of work: ``work()`` ran (or runs) in ``thread``; ``on_done(result)`` runs on the main thread."""
+
+    what: str
+    on_done: Callable[[Any], Any] | None
+    thread: threading.Thread | None = None
+    result: Any = None
+    error: BaseException | None = None
+    superseded: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class JobRunner:
+    """Jobs under one policy; finished ones are applied on the main thread by :meth:`deliver` (the pump calls it).
+
+    ``explain(exc)`` turns a failure into the artist-facing message; ``messages`` keeps the last few (level, text)
+    pairs for a panel, and ``generation`` bumps whenever they change.
+    """
+
+    def __init__(self, name: str, policy: str = PARALLEL, explain: Callable[[BaseException], str] = str) -> None:
+        if policy not in (PARALLEL, ONE_AT_A_TIME, LATEST_WINS):
+            raise ValueError(f"unknown job policy {policy!r}")
+        self.name, self.policy, self.explain = name, policy, explain
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+        self.messages: list[tuple[str, str]] = []  # (INFO or ERROR, text), newest last
+        self.generation = 0
+        _runners.append(self)
+
+    @property
+    def busy(self) -> list[str]:
+        """What the jobs still in flight are doing (superseded ones excluded)."""
+        with self._lock:
+            return [job.what for job in self._jobs if not job.superseded]
+
+    def start(self, what: str, work: Callable[[], Any], on_done: Callable[[Any], Any] | None = None) -> bool:
+        """Run ``work()`` in a thread; ``on_done(result)`` runs later on the main thread. False when refused."""
+        job = Job(what, on_done)
+
+        def run() -> None:
+            try:
+                job.result = work()
+            except BaseException as exc:  # noqa: BLE001 - every failure is reported to the artist
+                job.error = exc
+
+        job.thread = threading.Thread(target=run, name=f"rerender-{self.name}", daemon=True)
+        with self._lock:
+            running = [j for j in self._jobs if j.thread.is_alive() and not j.superseded]
+            if running and self.policy == ONE_AT_A_TIME:
+                return False
+            if self.policy == LATEST_WINS:
+                for old in running:
+                    old.superseded = True
+            self._jobs.append(job)
+            job.thread.start()
+        ensure_pump()
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every job's thread ended (scripts and tests only, never the UI); True if all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(job.thread.is_alive() for job in jobs)
+
+    def deliver(self) -> list[tuple[str, str]]:
+        """Apply finished jobs on the calling (main) thread; returns the (level, message) pairs they produced."""
+        with self._lock:
+            done = [job for job in self._jobs if not job.thread.is_alive()]
+            self._jobs = [job for job in self._jobs if job.thread.is_alive()]
+        produced = []
+        for job in done:
+            if job.superseded:
+                continue
+            if job.error is not None:
+                produced.append(("ERROR", f"{job.what}: {self.explain(job.error)}"))
+                continue
+            try:
+                message = job.on_done(job.result) if job.on_done is not None else None
+                produced.append(("INFO", str(message or f"{job.what}: done")))
+            except Exception as exc:  # noqa: BLE001 - a failing callback is a message, not a dead timer
+                produced.append(("ERROR", f"{job.what}: {exc}"))
+        if produced:
+            self.messages = (self.messages + produced)[-MESSAGES_KEPT:]
+            self.generation += 1
+        return produced
+
+
+# --- the pump: the add-on's one main-thread timer ------------------------------------------------------------------
+
+_runners: list[JobRunner] = []
+_watchers: list[Watcher] = []
+
+
+def watch(watcher: Watcher) -> None:
+    """Also poll ``watcher`` from the pump: state that other threads update (the backend status) and the UI shows."""
+    if watcher not in _watchers:
+        _watchers.append(watcher)
+
+
+def unwatch(watcher: Watcher) -> None:
+    if watcher in _watchers:
+        _watchers.remove(watcher)
+
+
+def pump() -> float | None:
+    """Deliver every runner's finished jobs, poll the watchers, redraw when anything changed (the timer callback)."""
+    changed, busy = False, False
+    for runner in list(_runners):
+        changed |= bool(runner.deliver())
+        busy |= bool(runner.busy)
+    for watcher in list(_watchers):
+        try:
+            did_change, still_busy = watcher()
+        except Exception:  # noqa: BLE001 - one broken watcher must not stop the others' deliveries
+            continue
+        changed, busy = changed or did_change, busy or still_busy
+    if changed:
+        from .ui import redraw
+
+        redraw()
+    return POLL_S if busy else None
+
+
+def ensure_pump() -> None:
+    """Start the pump unless it runs, or Blender has no UI (background mode, tests). Call on the main thread."""
+    try:
+        import bpy
+    except ImportError:  # plain Python: the caller delivers itself
+        return
+    if not bpy.app.background and not bpy.app.timers.is_registered(pump):
+        bpy.app.timers.register(pump, first_interval=POLL_S)
+
+
+def stop_pump() -> None:
+    """Unregister the pump (add-on unregister)."""
+    try:
+        import bpy
+    except ImportError:
+        return
+    if bpy.app.timers.is_registered(pump):
+        bpy.app.timers.unregister(pump)
