@@ -237,65 +237,6 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short":
 
 def read_ply_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Positions (N x 3 float64) and colors (N x 3 uint8, white when absent) of a PLY point cloud such as COLMAP's
-    ``fused.ply``. Binary little/big endian and ASCII; only the vertex element is read, in one numpy call."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise ColmapImportError(f"{path} is not a PLY file (no 'ply' magic); delete it or re-run fusion")
-        fmt, count, props, element, before = None, None, [], None, 0
-        while True:
-            line = f.readline()
-            if not line:
-                raise ColmapImportError(f"{path}: the PLY header never ends (truncated file)")
-            words = line.decode("ascii", "replace").split()
-            if not words:
-                continue
-            if words[0] == "format":
-                fmt = words[1]
-            elif words[0] == "element":
-                element = words[1]
-                if element == "vertex":
-                    count = int(words[2])
-                elif count is None:
-                    raise ColmapImportError(f"{path}: elements before 'vertex' are not supported")
-            elif words[0] == "property" and element == "vertex":
-                if words[1] == "list":
-                    raise ColmapImportError(f"{path}: list properties on vertices are not supported")
-                props.append((words[2], _PLY_TYPES[words[1]]))
-            elif words[0] == "end_header":
-                break
-        if count is None or not {"x", "y", "z"} <= {p for p, _ in props}:
-            raise ColmapImportError(f"{path}: no vertex element with x, y, z")
-        if fmt == "ascii":
-            table = np.loadtxt(f, max_rows=count, ndmin=2)
-            if len(table) != count:
-                raise ColmapImportError(f"{path}: {len(table)} of {count} vertices (truncated file)")
-            cols = {name: table[:, i] for i, (name, _) in enumerate(props)}
-        else:
-            order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
-            if order is None:
-                raise ColmapImportError(f"{path}: unknown PLY format {fmt!r}")
-            dtype = np.dtype([(name, order + t) for name, t in props])
-            data = np.fromfile(f, dtype=dtype, count=count)
-            if len(data) != count:
-                raise ColmapImportError(f"{path}: {len(data):,} of {count:,} vertices (truncated file); re-run "
-                                        "stereo fusion or delete it to import the sparse points")
-            cols = {name: data[name] for name, _ in props}
-    xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1).astype(np.float64)
-    if {"red", "green", "blue"} <= cols.keys():
-        rgb = np.stack([cols["red"], cols["green"], cols["blue"]], 1).astype(np.uint8)
-    else:
-        rgb = np.full((count, 3), 255, np.uint8)
-    return xyz, rgb
-
-
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
-def read_ply_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (N x 3 float64) and colors (N x 3 uint8, white when absent) of a PLY point cloud such as COLMAP's
     ``fused.ply``. Binary little/big endian and ASCII; only the vertex element is read, in one numpy call, and
     never more than the file holds (a declared count beyond the file's size is refused before reading)."""
     path = Path(path)
