@@ -1,0 +1,97 @@
+"""The add-on's background-job primitive (addon/jobs.py), in plain Python: real threads, the pump called by hand as
+Blender's timer would call it.
+
+What must hold: results reach ``on_done`` only through ``deliver`` (the main thread), failures become the explained
+message, "one at a time" refuses a second start, "latest wins" drops the older result, and the pump keeps itself
+scheduled exactly while something is in flight and redraws only when something changed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rerender.addon import jobs
+
+
+@pytest.fixture()
+def gate():
+    """An event the work waits on, so the test decides when a job finishes."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _runner(policy: str) -> jobs.JobRunner:
+    return jobs.JobRunner(f"test {policy}", policy, explain=lambda exc: f"explained {type(exc).__name__}")
+
+
+def test_results_are_applied_only_on_deliver(gate):
+    runner = _runner(jobs.PARALLEL)
+    applied = []
+    runner.start("sum", lambda: gate.wait(5) and 1 + 2, lambda result: applied.append(result) or "summed")
+    assert runner.busy == ["sum"] and runner.deliver() == [] and applied == []
+    gate.set()
+    assert runner.wait(5)
+    assert applied == []  # the worker finished, but nothing touched "scene data" yet
+    assert runner.deliver() == [("INFO", "summed")] and applied == [3]
+    assert runner.messages == [("INFO", "summed")] and runner.generation == 1 and runner.busy == []
+
+
+def test_failures_and_failing_callbacks_become_messages():
+    runner = _runner(jobs.PARALLEL)
+    runner.start("broken work", lambda: 1 / 0, lambda result: "never")
+    runner.start("broken callback", lambda: 1, lambda result: [][result])
+    runner.start("no callback", lambda: 1)
+    assert runner.wait(5)
+    produced = dict((text.split(":")[0], (level, text)) for level, text in runner.deliver())
+    assert produced["broken work"] == ("ERROR", "broken work: explained ZeroDivisionError")
+    assert produced["broken callback"][0] == "ERROR" and "out of range" in produced["broken callback"][1]
+    assert produced["no callback"] == ("INFO", "no callback: done")
+
+
+def test_one_at_a_time_refuses_a_second_start(gate):
+    runner = _runner(jobs.ONE_AT_A_TIME)
+    assert runner.start("check", lambda: gate.wait(5) and "first", str)
+    assert not runner.start("check", lambda: "second", str)
+    gate.set()
+    assert runner.wait(5) and runner.deliver() == [("INFO", "first")]
+    assert runner.start("check", lambda: "third", str) and runner.wait(5)
+    assert runner.deliver() == [("INFO", "third")]
+
+
+def test_latest_wins_drops_the_older_result(gate):
+    runner = _runner(jobs.LATEST_WINS)
+    got = []
+    runner.start("frame 1", lambda: gate.wait(5) and 1, got.append)
+    runner.start("frame 2", lambda: 2, got.append)
+    assert runner.busy in (["frame 2"], [])  # the superseded job no longer counts as work in flight
+    gate.set()
+    assert runner.wait(5)
+    runner.deliver()
+    assert got == [2]
+
+
+def test_the_pump_runs_while_busy_and_redraws_on_change(gate, monkeypatch):
+    redraws = []
+    monkeypatch.setattr("rerender.addon.ui.redraw", lambda: redraws.append(1), raising=False)
+    state = {"changed": False, "busy": False}
+    watcher = lambda: (state["changed"], state["busy"])  # noqa: E731
+    jobs.watch(watcher)
+    try:
+        runner = _runner(jobs.PARALLEL)
+        runner.start("slow", lambda: gate.wait(5))
+        assert jobs.pump() == jobs.POLL_S and redraws == []  # in flight, nothing new: keep polling, no redraw
+        gate.set()
+        assert runner.wait(5)
+        assert jobs.pump() is None and len(redraws) == 1  # delivered: redraw once, then stop
+        state.update(changed=True, busy=True)
+        assert jobs.pump() == jobs.POLL_S and len(redraws) == 2  # a watcher (the backend status) keeps it alive
+    finally:
+        jobs.unwatch(watcher)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown job policy"):
+        jobs.JobRunner("x", "sometimes")
