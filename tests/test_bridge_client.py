@@ -157,9 +157,9 @@ def test_clean_shutdown_on_sigterm(tmp_path):
 
 
 def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    code = "import sys; from rerender import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, "serve", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    from rerender.bridge.launcher import ENTRY
+
+    return subprocess.run([sys.executable, *ENTRY, "serve", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_serve_refuses_an_address_in_use_and_a_missing_bundle_with_clear_messages(echo_backends, tmp_path):

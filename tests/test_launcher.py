@@ -93,3 +93,13 @@ def test_zmq_failures_reach_callers_as_bridge_errors():
         client.hello()
     assert isinstance(info.value.__cause__, zmq.ZMQError)
     client.close()
+
+
+def test_the_demo_starts_its_backend_through_the_same_launcher(tmp_path):
+    from rerender.training.demo.backend_process import ServeProcess
+
+    serve = ServeProcess(tmp_path / "no-bundle", log_path=tmp_path / "logs" / "serve.log", start_timeout=60)
+    assert isinstance(serve, BackendLauncher) and serve.command[1:4] == ["-m", "rerender", "serve"]
+    with pytest.raises(BackendStartError, match="no model bundle at"):
+        serve.start()
+    assert (tmp_path / "logs" / "serve.log").is_file() and not serve.running
