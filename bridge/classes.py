@@ -1,8 +1,9 @@
 """The semantic class table shared by the add-on, the backend and training (DESIGN §4).
 
-Ids are Cityscapes' 19 train ids, because the default photo segmenter (ESPNet) is trained on them; 255 means
-"unknown" (no point, or a label nobody knows). The table travels inside every model bundle, so a bundle trained
-with another table (ADE20K, say) still decodes correctly; this module only provides the default.
+Two tables: ``LANDMARK_CLASSES`` (what the ADE20K segmenter, the default for photo collections, maps its 150 classes
+onto) and ``DEFAULT_CLASSES``, Cityscapes' 19 train ids (the ESPNet fallback, and what code without a dataset assumes);
+255 means "unknown" (no point, or a label nobody knows). The table a dataset was labelled with travels inside its
+manifest and every model bundle, so nothing downstream assumes either one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ CITYSCAPES: tuple[SemanticClass, ...] = (
     SemanticClass(16, "train", (0, 80, 100), True),
     SemanticClass(17, "motorcycle", (0, 0, 230), True),
     SemanticClass(18, "bicycle", (119, 11, 32), True),
+)
+
+
+# The landmark table: what tourist photos of a landmark contain, coarse enough that a scene-parsing model's classes
+# (ADE20K's 150) fold onto it without losing what the rerenderer needs. The landmark itself (building, tower, statue,
+# monument, fountain, bridge) is static; people, vehicles and animals are transient. docs/dataset.md lists which
+# ADE20K classes land in each row.
+LANDMARK: tuple[SemanticClass, ...] = (
+    SemanticClass(0, "building", (180, 120, 120), False),
+    SemanticClass(1, "tower", (255, 150, 60), False),
+    SemanticClass(2, "statue", (255, 215, 0), False),
+    SemanticClass(3, "monument", (200, 140, 255), False),
+    SemanticClass(4, "fountain", (0, 200, 255), False),
+    SemanticClass(5, "fence", (255, 184, 6), False),
+    SemanticClass(6, "stairs", (150, 110, 60), False),
+    SemanticClass(7, "bridge", (120, 80, 160), False),
+    SemanticClass(8, "road", (128, 64, 128), False),
+    SemanticClass(9, "pavement", (244, 35, 232), False),
+    SemanticClass(10, "terrain", (152, 251, 152), False),
+    SemanticClass(11, "vegetation", (107, 142, 35), False),
+    SemanticClass(12, "mountain", (143, 255, 140), False),
+    SemanticClass(13, "water", (61, 230, 250), False),
+    SemanticClass(14, "sky", (70, 130, 180), False),
+    SemanticClass(15, "pole", (153, 153, 153), False),
+    SemanticClass(16, "sign", (220, 220, 0), False),
+    SemanticClass(17, "street furniture", (255, 120, 180), False),
+    SemanticClass(18, "object", (90, 90, 90), False),
+    SemanticClass(19, "person", (220, 20, 60), True),
+    SemanticClass(20, "vehicle", (0, 0, 142), True),
+    SemanticClass(21, "animal", (255, 0, 255), True),
 )
 
 
@@ -91,3 +122,4 @@ class ClassTable:
 
 
 DEFAULT_CLASSES = ClassTable(CITYSCAPES)
+LANDMARK_CLASSES = ClassTable(LANDMARK)

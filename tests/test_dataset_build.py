@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pycolmap
@@ -11,10 +13,15 @@ import pytest
 from PIL import Image
 
 from rerender.bridge.buffers import DeepBuffer
+from rerender.bridge.classes import DEFAULT_CLASSES
 from rerender.commands import main as rerender_main
 from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset, split_views, view_stem
+from rerender.training.class_shares import RemapError
 from rerender.training.point_labels import read_point_labels
-from support_photos import reconstructed_workspace, synthetic_photo_set
+from rerender.training.segmentation import Segmenter
+from support_photos import BACKGROUND, reconstructed_workspace, synthetic_photo_set
+
+BACKGROUND_SRGB = tuple(round(c * 255) for c in BACKGROUND)
 
 # the buffer's non-empty pixels must overlap the object's true silhouette with at least this IoU (sparse SfM points
 # drawn as splats: holes inside, a splat radius of overhang at the border), and nearly all of them must fall on it
@@ -143,3 +150,62 @@ def test_split_is_fixed_by_seed_and_follows_the_paper_sizes():
     assert a == b and sum(s == "val" for s in a.values()) == 5
     assert split_views(names, 5, 1) != a
     assert default_val_count(2000) == 100 and default_val_count(30) == 3 and default_val_count(1) == 0
+
+
+class _LandmarkAsCar(Segmenter):
+    """A street-scene model's mistake, made deterministic: the flat background is sky, the landmark is "car"."""
+
+    classes = DEFAULT_CLASSES
+    name = "landmark-as-car"
+
+    def _predict(self, photo):
+        sky = np.abs(photo.astype(np.int16) - np.array(BACKGROUND_SRGB)).max(2) < 12
+        return np.where(sky, DEFAULT_CLASSES.id_of("sky"), DEFAULT_CLASSES.id_of("car")).astype(np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_landmark_labelled_transient_is_reported_and_remap_fixes_it(tmp_path_factory):
+    _, ws, _ = reconstructed_workspace(tmp_path_factory)
+    out = tmp_path_factory.mktemp("car_dataset")
+    opts = dict(OPTIONS, max_size=160, min_size=100)
+    report = build_dataset(ws, out, DatasetOptions(**opts), segmenter=_LandmarkAsCar(), progress=False)
+    assert report.point_shares["car"] > 0.9, report.point_shares
+    assert report.pixel_shares["car"] > 0.1 and report.pixel_shares["sky"] > 0.3, report.pixel_shares
+    assert len(report.warnings) == 1 and "--remap car=building" in report.warnings[0]
+    text = report.to_text()
+    assert "WARNING" in text and "car" in text and "sky" in text
+
+    fixed = build_dataset(ws, out, DatasetOptions(**opts, remap={"car": "building"}), progress=False)
+    assert fixed.warnings == []
+    assert fixed.point_shares["building"] > 0.9 and "car" not in fixed.point_shares
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["remap"] == {"car": "building"} and manifest["warnings"] == []
+    view = out / "views" / manifest["views"][0]["stem"]
+    seg = np.asarray(Image.open(view / "segmentation.png"))
+    assert DEFAULT_CLASSES.id_of("car") not in np.unique(seg)
+    buf = DeepBuffer.load_npz(view / "buffer.npz")  # the label pass is rasterized from the relabelled points
+    drawn = buf.label[buf.mask]
+    assert (drawn == DEFAULT_CLASSES.id_of("building")).mean() > 0.9
+    with pytest.raises(RemapError, match="'cars' is not a class"):
+        build_dataset(ws, out, DatasetOptions(**opts, remap={"cars": "building"}), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_dataset_command_is_quiet_without_verbose(tmp_path_factory, shared_dir):
+    weights = shared_dir / "models" / "espnet"
+    if not (weights / "espnet_p2_q8_cityscapes.pth").is_file():
+        pytest.skip(f"ESPNet weights not found in {weights}")
+    _, ws, _ = reconstructed_workspace(tmp_path_factory)
+    out = tmp_path_factory.mktemp("quiet_dataset")
+    cmd = [sys.executable, "-m", "rerender", "dataset", str(ws), "--out", str(out), "--max-size", "160",
+           "--min-size", "100", "--splat-px", "6", "--segmenter-weights", str(weights)]
+    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    # lines as a terminal shows them: a progress bar redraws itself with "\r" on one line
+    lines = (proc.stdout + proc.stderr).decode().rstrip("\n").split("\n")
+    assert len(lines) < 40, "\n".join(lines)
+    assert not any(line.startswith("Saved:") for line in lines), "Blender's per-file lines should be in the log"
+    assert any("views kept" in line for line in lines) and any("segmenter: espnet" in line for line in lines)
+    assert "Saved:" in (out / "work" / "native.log").read_text()

@@ -29,7 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from rerender.bridge.cameras import PinholeCamera
 from rerender.bridge.buffers import DeepBuffer
 
-from .point_labels import LabelledView, label_dense_points, label_sparse_points, write_point_labels
+from .class_shares import class_counts, remap_lut, shares, shares_text, transient_warnings
+from .native_output import native_output_to, quiet_import_bpy
+from .point_labels import LabelledView, label_dense_points, label_sparse_points, read_point_labels, write_point_labels
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,10 @@ class DatasetOptions:
     seed: int = 0
     splat_px: float | None = None  # None: the rasterizer's density-based estimate
     segmenter_weights: str | None = None
-    segmenter_checkpoint: str = "espnet_p2_q8"
+    segmenter_checkpoint: str = "auto"  # auto: ADE20K where its weights are, else ESPNet
+    segmenter_sha256: str | None = None  # "ENC,DEC": lets the ADE20K weights be downloaded and checked
+    remap: dict[str, str] = field(default_factory=dict)  # class name -> class name, applied to every segmentation
+    quiet: bool = True  # Blender's native output (per-file "Saved:" lines, EGL noise) goes to D/work/native.log
 
 
 @dataclass
@@ -62,6 +67,10 @@ class DatasetReport:
     val: int = 0
     depth_stats: dict = field(default_factory=dict)
     manifest: Path | None = None
+    segmenter: str = ""
+    pixel_shares: dict[str, float] = field(default_factory=dict)  # class name -> share of labelled photo pixels
+    point_shares: dict[str, float] = field(default_factory=dict)  # class name -> share of labelled 3D points
+    warnings: list[str] = field(default_factory=list)
 
     def to_text(self) -> str:
         lines = [f"{len(self.kept)} views kept ({self.train} train, {self.val} validation), "
@@ -69,6 +78,12 @@ class DatasetReport:
         lines += [f"  dropped {d['name']}: {d['reason']}" for d in self.dropped]
         if self.depth_stats:
             lines.append("depth p01/p50/p99: " + "/".join(f"{self.depth_stats[k]:.3g}" for k in ("p01", "p50", "p99")))
+        if self.segmenter:
+            lines.append(f"segmenter: {self.segmenter}")
+        if self.pixel_shares or self.point_shares:
+            lines.append("classes (share of photo pixels / of 3D points): "
+                         + shares_text(self.pixel_shares, self.point_shares))
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -192,6 +207,13 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
     (work / "segmentation").mkdir(parents=True, exist_ok=True)
     (work / "views").mkdir(parents=True, exist_ok=True)
     (out / "views").mkdir(parents=True, exist_ok=True)
+    native_log = work / "native.log" if opt.quiet else None
+    record = _read_segmenter_record(work)
+    if segmenter is not None:
+        _check_same_segmenter(record, segmenter.name, work)
+    if record is not None:
+        remap_lut(opt.remap, record[1])  # a misspelt --remap fails now, not after the segmentation
+    relabelled = _remap_changed(work, opt.remap)
 
     # phase 1: unreadable / too small photos, segmentation -------------------------------------------------------
     early_drop: dict[str, str] = {}
@@ -216,21 +238,29 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
         if segmenter is None:
             from .segmentation import load_segmenter
 
-            segmenter = load_segmenter(opt.segmenter_weights, checkpoint=opt.segmenter_checkpoint)
+            segmenter = load_segmenter(opt.segmenter_weights, checkpoint=opt.segmenter_checkpoint,
+                                       sha256=opt.segmenter_sha256)
+            _check_same_segmenter(record, segmenter.name, work)
+        if record is None:
+            record = (segmenter.name, segmenter.classes)
+            _write_json({"name": segmenter.name, "classes": segmenter.classes.to_json()}, work / "segmenter.json")
         _save_png(segmenter.segment(_resize(photo, sizes[v.name])), seg_path)
+
+    if record is None and segmenter is not None:
+        record = (segmenter.name, segmenter.classes)
+    if record is None:
+        from rerender.bridge.classes import DEFAULT_CLASSES
+
+        record = ("unknown (segmentations made before the segmenter was recorded)", DEFAULT_CLASSES)
+    segmenter_name, classes = record
+    lut = remap_lut(opt.remap, classes)
 
     def segmentation_of(name: str) -> np.ndarray | None:
         p = work / "segmentation" / f"{view_stem(name)}.png"
-        return np.asarray(Image.open(p)) if p.exists() else None
-
-    classes = segmenter.classes if segmenter is not None else None
-    if classes is None:
-        from rerender.bridge.classes import DEFAULT_CLASSES
-
-        classes = DEFAULT_CLASSES
+        return lut[np.asarray(Image.open(p))] if p.exists() else None
 
     # phase 2: point labels ------------------------------------------------------------------------------------
-    if todo or not (ws / "rerender" / "point_labels.npz").exists():
+    if todo or relabelled or not (ws / "rerender" / "point_labels.npz").exists():
         point_ids, labels = label_sparse_points(rec, segmentation_of, len(classes))
         fused_labels = None
         fused = ws / "dense" / "fused.ply"
@@ -252,17 +282,55 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
             _build_view(v, ws, out, opt, None, {}, sizes[v.name], early_drop[v.name], segmentation_of)
     to_render = [v for v in todo if v.name not in early_drop]
     if to_render:
-        scene, cameras = _load_into_blender(ws, rec, views)
-        _write_json({"scene_scale": scene.get("rerender_import_scale")}, scale_file)
-        try:
-            for v in tqdm(to_render, desc="deep buffers", unit="view", disable=not progress):
-                _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], None, segmentation_of)
-        finally:
-            _remove_scene(scene)
+        quiet_import_bpy(native_log)
+        # Blender prints a "Saved:" line per pass file (fd 1) and EGL errors at its first render (fd 2)
+        with native_output_to(native_log, (1, 2)) as terminal:
+            scene, cameras = _load_into_blender(ws, rec, views)
+            _write_json({"scene_scale": scene.get("rerender_import_scale")}, scale_file)
+            try:
+                for v in tqdm(to_render, desc="deep buffers", unit="view", disable=not progress, file=terminal):
+                    _build_view(v, ws, out, opt, scene, cameras, sizes[v.name], None, segmentation_of)
+            finally:
+                _remove_scene(scene)
     scene_scale = json.loads(scale_file.read_text()).get("scene_scale") if scale_file.exists() else None
 
     # phase 4: split + manifest --------------------------------------------------------------------------------
-    return write_manifest(ws, out, views, opt, classes, scene_scale)
+    pixel_counts = class_counts(segmentation_of(v.name) for v in views)
+    point_counts = class_counts([read_point_labels(ws)["label"]])
+    report_classes = {"segmenter": segmenter_name, "pixel_shares": shares(pixel_counts, classes),
+                      "point_shares": shares(point_counts, classes)}
+    report_classes["warnings"] = transient_warnings(report_classes["point_shares"], classes)
+    return write_manifest(ws, out, views, opt, classes, scene_scale, report_classes)
+
+
+def _read_segmenter_record(work: Path):
+    """(name, ClassTable) of the segmenter whose files are in work/segmentation, or None before the first one."""
+    from rerender.bridge.classes import ClassTable
+
+    p = work / "segmenter.json"
+    if not p.exists():
+        return None
+    data = json.loads(p.read_text())
+    return data["name"], ClassTable.from_json(data["classes"])
+
+
+def _check_same_segmenter(record, name: str, work: Path) -> None:
+    if record is not None and record[0] != name:
+        raise DatasetError(f"the segmentations in {work / 'segmentation'} were made by {record[0]}, not {name}; "
+                           f"delete {work / 'segmentation'} and {work / 'segmenter.json'} to segment again, or "
+                           f"build into a new --out")
+
+
+def _remap_changed(work: Path, remap: dict[str, str]) -> bool:
+    """Record the remap; if it differs from the last build's, every view is labelled and rendered again."""
+    p = work / "remap.json"
+    before = json.loads(p.read_text()) if p.exists() else {}
+    if before == dict(remap):
+        return False
+    for record in (work / "views").glob("*.json"):
+        record.unlink()
+    _write_json(dict(remap), p)
+    return True
 
 
 def _remove_scene(scene) -> None:
@@ -335,9 +403,11 @@ def _load_into_blender(ws: Path, rec, views: list[WorkspaceView]):
 
 
 def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: DatasetOptions, classes,
-                   scene_scale: float | None = None) -> DatasetReport:
-    """Split the kept views and write D/manifest.json from the per-view records in D/work/views/."""
-    report = DatasetReport()
+                   scene_scale: float | None = None, class_report: dict | None = None) -> DatasetReport:
+    """Split the kept views and write D/manifest.json from the per-view records in D/work/views/.
+
+    ``class_report``: segmenter name, class shares and warnings (``DatasetReport`` fields of the same names)."""
+    report = DatasetReport(**(class_report or {}))
     records, samples = {}, []
     for v in views:
         p = out / "work" / "views" / f"{view_stem(v.name)}.json"
@@ -379,7 +449,11 @@ def write_manifest(ws: Path, out: Path, views: list[WorkspaceView], opt: Dataset
         "depth_units": "Blender units of the imported scene (COLMAP units x scene_scale)",
         "scene_scale": scene_scale,
         "options": {"max_size": opt.max_size, "min_size": opt.min_size, "min_coverage": opt.min_coverage,
-                    "seed": opt.seed, "splat_px": opt.splat_px, "segmenter": opt.segmenter_checkpoint},
+                    "seed": opt.seed, "splat_px": opt.splat_px, "segmenter": opt.segmenter_checkpoint,
+                    "remap": dict(opt.remap)},
+        "segmenter": report.segmenter,
+        "class_shares": {"pixels": report.pixel_shares, "points": report.point_shares},
+        "warnings": report.warnings,
     }
     report.manifest = out / "manifest.json"
     _write_json(manifest, report.manifest)

@@ -21,26 +21,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splat-px", type=float, default=None,
                         help="point splat radius in pixels (default: estimated from the point density)")
     parser.add_argument("--segmenter-weights", type=Path, default=None,
-                        help="ESPNet checkpoint file or folder (default: ~/.cache/rerender/segmentation, "
-                             "downloaded from github.com/sacmehta/ESPNet on first use)")
-    parser.add_argument("--segmenter", default="espnet_p2_q8", choices=["espnet_p2_q8", "espnetc_p2_q8"],
-                        help="which ESPNet checkpoint (default: full ESPNet p=2 q=8)")
+                        help="folder with the ADE20K model's encoder_epoch_20.pth and decoder_epoch_20.pth, or an "
+                             "ESPNet checkpoint file/folder (default: ~/.cache/rerender/segmentation)")
+    parser.add_argument("--segmenter", default="auto", choices=["auto", "ade20k", "espnet_p2_q8", "espnetc_p2_q8"],
+                        help="auto (default): the ADE20K scene parser where its weights are, else ESPNet "
+                             "(Cityscapes street scenes)")
+    parser.add_argument("--segmenter-sha256", default=None, metavar="ENC,DEC",
+                        help="SHA-256 of the ADE20K encoder and decoder files: lets them be downloaded into the "
+                             "cache and checked (the authors publish no checksums)")
+    parser.add_argument("--remap", action="append", default=[], metavar="CLASS=CLASS",
+                        help="relabel a class in every segmentation, e.g. --remap car=building when the landmark "
+                             "was labelled as a car (repeatable; reruns label and render again)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rerender.training.class_shares import RemapError, parse_remap
     from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset
     from rerender.training.segmentation import SegmentationError
 
-    opt = DatasetOptions(max_size=args.max_size, min_size=args.min_size, min_coverage=args.min_coverage,
-                         val_count=args.val_count, seed=args.seed, splat_px=args.splat_px,
-                         segmenter_weights=str(args.segmenter_weights) if args.segmenter_weights else None,
-                         segmenter_checkpoint=args.segmenter)
     try:
+        opt = DatasetOptions(max_size=args.max_size, min_size=args.min_size, min_coverage=args.min_coverage,
+                             val_count=args.val_count, seed=args.seed, splat_px=args.splat_px,
+                             segmenter_weights=str(args.segmenter_weights) if args.segmenter_weights else None,
+                             segmenter_checkpoint=args.segmenter, segmenter_sha256=args.segmenter_sha256,
+                             remap=parse_remap(args.remap), quiet=not getattr(args, "verbose", 0))
         report = build_dataset(args.workspace, args.out, opt, progress=not args.no_progress)
-    except (DatasetError, SegmentationError) as exc:
+    except (DatasetError, SegmentationError, RemapError) as exc:
         print(f"rerender dataset: {exc}", file=sys.stderr)
         return 2
     print(report.to_text())
-    print(f"manifest: {report.manifest}")
+    print(f"manifest: {report.manifest}" + ("" if getattr(args, "verbose", 0) else
+                                            f" (Blender's output: {args.out / 'work' / 'native.log'})"))
     return 0 if report.kept else 1

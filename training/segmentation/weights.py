@@ -1,7 +1,7 @@
 """Where the segmenter's pretrained weights come from: a path the user gives, the user cache, or a download.
 
-The checkpoints are the authors' own files from their public repositories (MIT); they are never shipped with the
-project. On first use they are downloaded once into ``~/.cache/rerender/segmentation/`` (``$RERENDER_CACHE``
+The ESPNet checkpoints are the authors' own files from their public repositories (MIT); they are never shipped with
+the project (the ADE20K model's two files are resolved in ``ade20k_segmenter``, through the same helpers). On first use they are downloaded once into ``~/.cache/rerender/segmentation/`` (``$RERENDER_CACHE``
 overrides the root), checked against a pinned SHA-256 so a changed or truncated file is never used silently.
 """
 
@@ -77,20 +77,25 @@ def resolve_weights(path: str | Path | None = None, *, checkpoint: str = DEFAULT
 
 
 def _download(ckpt: Checkpoint, dest: Path) -> Path:
+    return download_checked(ckpt.url, dest, ckpt.sha256)
+
+
+def download_checked(url: str, dest: Path, sha256: str) -> Path:
+    """Download ``url`` to ``dest`` (atomically) and keep it only if its SHA-256 is ``sha256``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    log.warning("downloading segmenter weights %s -> %s", ckpt.url, dest)
+    log.warning("downloading segmenter weights %s -> %s", url, dest)
     try:
-        with urllib.request.urlopen(ckpt.url, timeout=60) as resp, open(part, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
             while block := resp.read(1 << 16):
                 f.write(block)
     except OSError as exc:
         part.unlink(missing_ok=True)
-        raise SegmentationError(f"could not download {ckpt.url} ({exc}); download it by hand and pass "
+        raise SegmentationError(f"could not download {url} ({exc}); download it by hand and pass "
                                 f"--segmenter-weights PATH, or put it at {dest}") from exc
     digest = sha256_of(part)
-    if digest != ckpt.sha256:
+    if digest != sha256.lower():
         part.unlink(missing_ok=True)
-        raise SegmentationError(f"downloaded {ckpt.url} has SHA-256 {digest}, expected {ckpt.sha256}; not using it")
+        raise SegmentationError(f"downloaded {url} has SHA-256 {digest}, expected {sha256}; not using it")
     part.replace(dest)
     return dest
