@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rerender.bridge.cameras import umeyama  # noqa: F401  (the one Umeyama; test_reconstruct imports it from here)
+
 N_VIEWS = 14
 WIDTH, HEIGHT = 320, 240
 BACKGROUND = (0.55, 0.62, 0.70)  # sRGB of the flat "sky"
@@ -169,25 +171,6 @@ def synthetic_photo_set(tmp_path_factory) -> Path:
         if proc.returncode != 0 or not (out / "done").exists():
             raise RuntimeError(f"photo generation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return out
-
-
-def umeyama(src, dst):
-    """Similarity (s, R, t) minimising |dst - (s R src + t)|² (Umeyama 1991): SfM's frame is arbitrary up to one."""
-    import numpy as np
-
-    src, dst = np.asarray(src, float), np.asarray(dst, float)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1
-    R = U @ S @ Vt
-    var_s = (xs ** 2).sum() / len(src)
-    s = np.trace(np.diag(D) @ S) / var_s
-    t = mu_d - s * R @ mu_s
-    return s, R, t
 
 
 if __name__ == "__main__":
