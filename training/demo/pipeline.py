@@ -444,16 +444,10 @@ def camera_accuracy(workspace: Path, collection: Path) -> dict[str, float]:
             true.append(truth[name].center)
     if len(est) < 3:
         return {"cameras_compared": len(est)}
+    from rerender.bridge.cameras import similarity_residuals
+
     src, dst = np.array(est), np.array(true)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, d, vt = np.linalg.svd(b.T @ a / len(src))
-    fix = np.eye(3)
-    fix[2, 2] = np.sign(np.linalg.det(u @ vt))
-    rot = u @ fix @ vt
-    scale = np.trace(np.diag(d) @ fix) / (a ** 2).sum(1).mean()
-    aligned = scale * a @ rot.T + mu_d
-    err = np.linalg.norm(aligned - dst, axis=1)
-    spread = float(np.linalg.norm(b, axis=1).mean())
+    err = similarity_residuals(src, dst)
+    spread = float(np.linalg.norm(dst - dst.mean(0), axis=1).mean())
     return {"cameras_compared": len(est), "median_center_error_m": float(np.median(err)),
             "median_center_error_of_spread": float(np.median(err) / max(spread, 1e-9))}

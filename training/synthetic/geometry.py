@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rerender.bridge.cameras import similarity_residuals  # noqa: F401  (the project's one Umeyama; re-exported)
+
 from .spec import PhotoCamera
 
 SENSOR_WIDTH_MM = 36.0
@@ -157,21 +159,3 @@ def camera_path(cameras: Sequence[PhotoCamera], frames: int, *, keys: int = 6, l
         f_mm = float(focal[k]) * SENSOR_WIDTH_MM
         path.append(make_camera(f"path_{k:04d}", pos[k], aim[k], focal_mm=f_mm, width=W, height=H, up=up))
     return path
-
-
-def similarity_residuals(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per-point distances after the best similarity transform (scale, rotation, translation) source -> target
-    (Umeyama 1991). Why: an SfM reconstruction is only defined up to a similarity; comparing its camera centers
-    with the true ones must factor that out (and is the only check that catches a mirror-folded reconstruction)."""
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 3 or len(source) < 3:
-        raise ValueError(f"need two N×3 point sets with N >= 3, got {source.shape} and {target.shape}")
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    s, t = source - mu_s, target - mu_t
-    U, D, Vt = np.linalg.svd(t.T @ s / len(source))
-    S = np.eye(3)
-    S[2, 2] = np.sign(np.linalg.det(U @ Vt)) or 1.0
-    R = U @ S @ Vt
-    scale = np.trace(np.diag(D) @ S) / s.var(0).sum()
-    return np.linalg.norm(scale * s @ R.T - t, axis=1)
