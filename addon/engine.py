@@ -20,12 +20,12 @@ import bpy
 import numpy as np
 
 from . import batch, connection, properties, viewport
-from ._bridge import DeepBuffer, bridge, srgb8_to_linear, srgb_to_linear
+from ._bridge import DeepBuffer, bridge
 from .deep_buffer import DeepBufferError, render_deep_buffer
+from .pixels import PassWriter, PixelsError
 from .preferences import backend_settings
 
 ENGINE_ID = "RERENDER"
-EMPTY_DEPTH = 1.0e10  # Depth of pixels no point covers; Cycles' convention for "background", finite for nodes
 
 # name -> (channels, channel ids, pass type) of the passes besides Combined
 EXTRA_PASSES: dict[str, tuple[int, str, str]] = {
@@ -48,40 +48,17 @@ class FrameError(RuntimeError):
     """A frame cannot be rendered; the message tells the artist what to change."""
 
 
-def pass_pixels(buffer: DeepBuffer, rgb_linear: np.ndarray, *, transparent: bool) -> dict[str, np.ndarray]:
-    """Every pass of one frame as float32 arrays H x W x C, rows bottom-up (Blender's pass order).
-
-    ``rgb_linear`` is the backend's image already converted to scene-linear. With a transparent film the
-    Combined alpha is the point mask, so the artist can lay the rerender over other footage; otherwise it is 1
-    (the network paints every pixel, sky included).
-    """
-    h, w = buffer.shape
-    if rgb_linear.shape != (h, w, 3):
-        raise FrameError(f"the backend returned an image of shape {rgb_linear.shape}, expected {(h, w, 3)}: "
-                         "backend and add-on disagree; update both to one release")
-    mask = buffer.mask.astype(np.float32)
-    alpha = mask if transparent else np.ones((h, w), np.float32)
-    depth = np.where(buffer.mask & np.isfinite(buffer.depth), buffer.depth, EMPTY_DEPTH).astype(np.float32)
-    passes = {
-        "Combined": np.concatenate([rgb_linear.astype(np.float32), alpha[..., None]], axis=2),
-        "Depth": depth[..., None],
-        "Albedo": buffer.color.astype(np.float32),
-        "Label": buffer.label.astype(np.float32)[..., None],
-        "Mask": mask[..., None],
-    }
-    return {name: np.ascontiguousarray(a[::-1]) for name, a in passes.items()}
+def pass_pixels(buffer: DeepBuffer, image: np.ndarray, *, transparent: bool) -> dict[str, np.ndarray]:
+    """Every pass of one frame as float32 arrays H x W x C, rows bottom-up (Blender's pass order), from the
+    backend's sRGB image (uint8 or float). With a transparent film the Combined alpha is the point mask, otherwise
+    1 (the network paints every pixel, sky included). Lookup tables and reused arrays: see addon/pixels.py."""
+    try:
+        return _PASSES.passes(buffer, image, transparent=transparent)
+    except PixelsError as exc:
+        raise FrameError(str(exc)) from None
 
 
-def image_to_linear(image: np.ndarray) -> np.ndarray:
-    """The backend's sRGB image (uint8, or float in [0, 1]) as scene-linear float32 for Combined."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise FrameError(f"the backend returned an array of shape {image.shape}, not an RGB image")
-    if image.dtype == np.uint8:
-        return srgb8_to_linear(image)
-    if not np.all(np.isfinite(image)):
-        raise FrameError("the backend returned NaN or infinite pixels: the model is broken; retrain or reload it")
-    return srgb_to_linear(image)
+_PASSES = PassWriter()
 
 
 def frame_latent(scene_eval: bpy.types.Scene, expected: int) -> tuple[np.ndarray, str | None]:
@@ -250,7 +227,7 @@ class RerenderEngine(bpy.types.RenderEngine):
 
         self._progress(0.9, "writing passes", scene)
         step = time.perf_counter()
-        pixels = pass_pixels(buffer, image_to_linear(image), transparent=scene.render.film_transparent)
+        pixels = pass_pixels(buffer, image, transparent=scene.render.film_transparent)
         self._write_result(pixels, size, depsgraph.view_layer.name)
         timings["write_passes"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started

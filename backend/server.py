@@ -30,6 +30,7 @@ import numpy as np
 import zmq
 
 from rerender import __version__
+from rerender.bridge.allocator import keep_frame_buffers
 from rerender.bridge.errors import (
     CODE_INTERNAL, CODE_NO_MODEL, CODE_OVERLOADED, CODE_SHUTTING_DOWN, CODE_TOO_LARGE, CODE_UNKNOWN_OP,
     ProtocolError,
@@ -63,6 +64,7 @@ class Server:
                  memory_budget_bytes: int | None = None, max_frame_pixels: int | None = None,
                  max_connections: int = 512, idle_timeout_s: float = 600.0, heartbeat_s: float = 10.0,
                  log_timings: bool = False, curve: Any | None = None) -> None:
+        keep_frame_buffers()  # received frames reuse freed memory instead of faulting fresh pages in
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         if not 0.0 <= simulate_latency_s <= 60.0:
@@ -289,9 +291,10 @@ class Server:
             raise ProtocolError(CODE_SHUTTING_DOWN, "the backend is shutting down; the request was not computed")
         size = frame_size(message.arrays)
         if size[0] * size[1] > self.server_limits.max_frame_pixels:
-            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {size[0]} x {size[1]}; this backend's device fits "
-                                                f"at most {self.server_limits.max_frame_pixels / 1e6:.1f} Mpx per "
-                                                f"frame (hello: limits.max_frame_pixels): render smaller frames")
+            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {size[0]} x {size[1]} = {size[0] * size[1]:,} px; "
+                                                f"this backend's device fits at most "
+                                                f"{self.server_limits.max_frame_pixels:,} px per frame (hello: "
+                                                f"limits.max_frame_pixels): render smaller frames or tiles")
         if nbytes > self.budget.limit:
             raise ProtocolError(CODE_TOO_LARGE, f"the request is {nbytes / 2**20:.0f} MiB, above this backend's "
                                                 f"memory budget of {self.budget.limit / 2**20:.0f} MiB")
@@ -359,9 +362,9 @@ class Server:
             except queue.Empty:
                 return
             started = time.perf_counter()
+            self.budget.release(job.nbytes)  # the request's bytes go now; the reply's are tracked instead
+            job.frames = job.arrays = None
             self._send(job.identity, frames)
-            job.frames = job.arrays = None  # the request's bytes can go now
-            self.budget.release(job.nbytes)
             self._connections.end(job.fd)
             job.timings["send"] = (time.perf_counter() - started) * 1000
             job.timings["total"] = (time.perf_counter() - job.received) * 1000 + job.timings.get("receive", 0.0)

@@ -5,6 +5,8 @@ ZeroMQ. DESIGN §5 claims raw frames make that cheap; this prints (and writes to
   * deep buffers at 512x512 and 1920x1080 (wire form: uint8 sRGB color, float16 depth, uint8 label, uint8 mask)
     over tcp and ipc: median/p90 round trip of `Client.echo` (a real `rerender serve --transport-only` process)
     and of a raw DEALER/ROUTER echo process sending the same frames; overhead = bridge - raw;
+  * the same echo against a second server started with ``RERENDER_KEEP_FRAME_BUFFERS=0`` (glibc's default malloc
+    thresholds, as before bridge/allocator.py), and each server's minor page faults per message;
   * the client-side cost of turning a DeepBuffer into wire arrays (`buffer_to_wire`);
   * round-trip time vs payload size (1 KiB .. 16 MiB) for both.
 
@@ -28,11 +30,11 @@ import numpy as np
 import zmq
 from tqdm import tqdm
 
-from rerender.bridge import BackendUnavailable, Client, DeepBuffer
+from rerender.bridge import Client, DeepBuffer
+from rerender.bridge.launcher import BackendLauncher, serve_command
 from rerender.bridge.protocol import buffer_to_wire
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_SERVE = "import sys; from rerender import main; sys.exit(main())"
 
 
 def raw_echo_server(address: str) -> None:
@@ -62,19 +64,12 @@ def _addresses(folder: Path) -> dict[str, tuple[str, str]]:
             "ipc": (f"ipc://{folder}/bridge.sock", f"ipc://{folder}/raw.sock")}
 
 
-def _start_bridge(address: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", "--transport-only", "--address", address],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    with Client(address, timeout=1) as client:
-        while True:
-            try:
-                client.hello()
-                return proc
-            except BackendUnavailable:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    raise RuntimeError(f"rerender serve did not start on {address}")
+def _start_bridge(address: str, keep_frame_buffers: bool = True) -> BackendLauncher:
+    """A transport-only `rerender serve`, started by the project's launcher (waits for its hello)."""
+    env = dict(os.environ, RERENDER_KEEP_FRAME_BUFFERS="1" if keep_frame_buffers else "0")
+    launcher = BackendLauncher(serve_command(address), address, start_timeout=60, env=env)
+    launcher.start()
+    return launcher
 
 
 def _start_raw(address: str) -> subprocess.Popen:
@@ -107,9 +102,21 @@ def _time(fn, iterations: int) -> dict[str, float]:
 
 
 def _time_pair(fn_a, fn_b, iterations: int) -> tuple[dict[str, float], dict[str, float] | None]:
-    """Median/p90 of each; a and b alternate so that load from other processes hits both alike (this machine is
-    shared: interleaving keeps the *difference* meaningful even when absolute times wander)."""
-    fns = [f for f in (fn_a, fn_b) if f is not None]
+    stats = _time_many([f for f in (fn_a, fn_b) if f is not None], iterations)
+    return stats[0], (stats[1] if len(stats) > 1 else None)
+
+
+def _minor_faults(pid: int | None) -> int | None:
+    """Minor page faults of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _time_many(fns: list, iterations: int) -> list[dict[str, float]]:
+    """Median/p90 of each; the functions alternate so that load from other processes hits them alike (this machine
+    is shared: interleaving keeps the *differences* meaningful even when absolute times wander)."""
     for _ in range(min(3, iterations)):  # warm-up: connections, allocator
         for f in fns:
             f()
@@ -119,8 +126,7 @@ def _time_pair(fn_a, fn_b, iterations: int) -> tuple[dict[str, float], dict[str,
             t = time.perf_counter()
             f()
             out.append((time.perf_counter() - t) * 1000)
-    stats = [_stats(s) for s in samples]
-    return stats[0], (stats[1] if len(stats) > 1 else None)
+    return [_stats(s) for s in samples]
 
 
 def _raw_roundtrip(sock: zmq.Socket, frames: list) -> None:
@@ -154,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         result["to_wire_ms"][name] = _time(lambda b=buf: buffer_to_wire(b), max(3, int(20 * scale)))
     with tempfile.TemporaryDirectory(prefix="rrbench") as folder:
         for transport, (bridge_addr, raw_addr) in _addresses(Path(folder)).items():
+            untuned_addr = bridge_addr.replace("bridge.sock", "untuned.sock") if transport == "ipc" \
+                else f"tcp://127.0.0.1:{_free_port()}"
             bridge_proc, raw_proc = _start_bridge(bridge_addr), _start_raw(raw_addr)
+            untuned_proc = _start_bridge(untuned_addr, keep_frame_buffers=False)
             try:
                 client = Client(bridge_addr, timeout=30)
+                untuned = Client(untuned_addr, timeout=30)
                 raw = zmq.Context.instance().socket(zmq.DEALER)
                 raw.setsockopt(zmq.LINGER, 0)
                 raw.connect(raw_addr)
@@ -164,11 +174,22 @@ def main(argv: list[str] | None = None) -> int:
                     arrays = buffer_to_wire(deep_buffer(h, w))
                     n = max(5, int((60 if h < 1000 else 30) * scale))
                     nbytes = sum(a.nbytes for a in arrays.values())
-                    bridge, floor = _time_pair(lambda a=arrays: client.echo(a),
-                                               lambda a=list(arrays.values()): _raw_roundtrip(raw, a), n)
+                    faults = [_minor_faults(p.pid) for p in (bridge_proc, untuned_proc)]
+                    bridge, floor, before = _time_many([lambda a=arrays: client.echo(a),
+                                                        lambda a=list(arrays.values()): _raw_roundtrip(raw, a),
+                                                        lambda a=arrays: untuned.echo(a)], n)
+                    calls = n + min(3, n)
+                    faults = [None if f is None or _minor_faults(p.pid) is None else
+                              round((_minor_faults(p.pid) - f) / calls) for f, p in
+                              zip(faults, (bridge_proc, untuned_proc))]
                     result["deep_buffers"][f"{transport} {name}"] = {
                         "payload_bytes": nbytes, "bridge_echo": bridge, "raw_zmq_echo": floor,
-                        "overhead_ms": bridge["median_ms"] - floor["median_ms"]}
+                        "overhead_ms": bridge["median_ms"] - floor["median_ms"],
+                        "ratio_to_raw": bridge["median_ms"] / floor["median_ms"],
+                        "bridge_echo_default_malloc": before,
+                        "ratio_to_raw_default_malloc": before["median_ms"] / floor["median_ms"],
+                        "server_minor_faults_per_echo": faults[0],
+                        "server_minor_faults_per_echo_default_malloc": faults[1]}
                 for nbytes in tqdm(payload_bytes, desc=f"payload sweep over {transport}"):
                     payload = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
                     n = max(5, int((50 if nbytes < 2**20 else 15) * scale))
@@ -178,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                         "payload_bytes": nbytes, "bridge_median_ms": bridge["median_ms"],
                         "raw_median_ms": floor["median_ms"], "overhead_ms": bridge["median_ms"] - floor["median_ms"]})
                 client.close()
+                untuned.close()
                 raw.close(linger=0)
             finally:
-                bridge_proc.terminate()
-                bridge_proc.wait(10)
+                bridge_proc.stop(10)
+                untuned_proc.stop(10)
                 _stop_raw(raw_addr, raw_proc)
     _print(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict) -> None:
-    print(f"{'case':<22}{'MB':>8}{'bridge ms':>12}{'raw ms':>10}{'overhead':>10}")
+    print(f"{'case':<22}{'MB':>8}{'bridge ms':>12}{'raw ms':>10}{'ratio':>8}{'default malloc':>16}{'ratio':>8}"
+          f"{'faults':>8}{'(default)':>10}")
     for case, r in result["deep_buffers"].items():
         print(f"{case:<22}{r['payload_bytes'] / 1e6:>8.2f}{r['bridge_echo']['median_ms']:>12.2f}"
-              f"{r['raw_zmq_echo']['median_ms']:>10.2f}{r['overhead_ms']:>10.2f}")
+              f"{r['raw_zmq_echo']['median_ms']:>10.2f}{r['ratio_to_raw']:>8.2f}"
+              f"{r['bridge_echo_default_malloc']['median_ms']:>16.2f}{r['ratio_to_raw_default_malloc']:>8.2f}"
+              f"{str(r['server_minor_faults_per_echo']):>8}{str(r['server_minor_faults_per_echo_default_malloc']):>10}")
     for name, r in result["to_wire_ms"].items():
         print(f"buffer_to_wire {name}: {r['median_ms']:.2f} ms")
     for transport, rows in result["payload_sweep"].items():

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .allocator import keep_frame_buffers
 from .buffers import DeepBuffer
 from .errors import (
     CODE_OVERLOADED, AuthenticationFailed, BackendUnavailable, FrameTooLarge, InvalidAddress, ProtocolError,
@@ -79,6 +80,7 @@ class Client:
             raise InvalidAddress(f"bridge address must look like tcp://HOST:PORT or ipc:///path, got {address!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        keep_frame_buffers()  # frame-sized replies reuse freed memory instead of faulting fresh pages in
         self.address = address
         self.timeout = float(timeout)
         self.reconnects = int(reconnects)
@@ -181,7 +183,7 @@ class Client:
         ``latents`` is one vector for every frame, or one vector per frame (an N x L array or an iterable).
         ``buffers`` may be a lazy iterator (frames rendered while earlier ones are at the backend)."""
         requests = ({"op": "rerender", "params": {"output": output},
-                     "arrays": {**buffer_to_wire(b, depth_dtype), "latent": latent}}
+                     "arrays": {**buffer_to_wire(b, depth_dtype, send_mask=None), "latent": latent}}
                     for b, latent in _paired_latents(buffers, latents))
         for reply in self.pipeline(requests, in_flight=in_flight):
             yield _reply_array(reply, "image")
@@ -192,12 +194,12 @@ class Client:
         photo = np.asarray(photo)
         if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
             raise ValueError(f"photo must be uint8 sRGB H x W x 3, got {photo.dtype}{photo.shape}")
-        reply = self._call("encode", {}, {**buffer_to_wire(buffer), "photo": photo})
+        reply = self._call("encode", {}, {**buffer_to_wire(buffer, send_mask=None), "photo": photo})
         return np.array(reply.arrays["latent"], dtype=np.float32)
 
     def segment(self, buffer: DeepBuffer) -> np.ndarray:
         """Predicted semantic labels (uint8 H x W, class ids of the bundle's class table) for a deep buffer."""
-        return np.array(self._call("segment", {}, buffer_to_wire(buffer)).arrays["labels"])
+        return np.array(self._call("segment", {}, buffer_to_wire(buffer, send_mask=None)).arrays["labels"])
 
     def appearances(self) -> list[Appearance]:
         """The bundle's gallery of named appearance latents with thumbnails."""
@@ -236,7 +238,7 @@ class Client:
         if fill_labels:  # only when asked: older backends reject parameters they do not know
             params["fill_labels"] = True
         return self.submit("rerender", params,
-                           {**buffer_to_wire(buffer, depth_dtype), "latent": _as_latent(latent)})
+                           {**buffer_to_wire(buffer, depth_dtype, send_mask=None), "latent": _as_latent(latent)})
 
     @property
     def submitted(self) -> tuple[int, ...]:

@@ -1,0 +1,188 @@
+"""Host-side time of a frame: the server's work around the network, and the Blender side's work around EEVEE.
+
+What it measures, and why: a GPU runs the paper's network at 1080p in a few milliseconds, so the numpy work around
+it decided the frame rate. Each section times the code as it was (kept below as ``numpy_*``: the replaced
+implementation, to measure against) and the code as it is now, interleaved in one process, on synthetic buffers
+(70 % covered):
+  * server: wire arrays -> network input -> (network) -> reply pixels. "before" = buffer_from_wire + numpy
+    encode_buffers + replicate pad + decode_rgb; "after" = ModelRuntime.rerender_wire's decode + encode + output
+    stages (the network's forward is excluded from both: a tiny network runs, its time is not counted);
+  * blender: the backend's uint8 image and the deep buffer -> the five render passes Blender gets (image_to_linear
+    + pass_pixels before; addon.pixels now), and buffer_to_wire (with the mask frame before, without it now).
+
+Run: .venv/bin/python benchmarks/bench_host.py [--quick] [--sizes 512 1080] [--threads 1] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rerender.backend.bundle import Bundle, BundleConfig, build_networks
+from rerender.backend.encoding import InputEncoding
+from rerender.backend.runtime import ModelRuntime
+from rerender.bridge import protocol as P
+from rerender.bridge.buffers import DeepBuffer
+from rerender.bridge.classes import UNKNOWN
+from rerender.bridge.colors import linear_to_srgb, srgb8_to_linear
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = {"512": (512, 512), "1080": (1080, 1920)}
+TINY = dict(base_channels=4, depth=3, max_channels=8, encoder_channels=4, encoder_blocks=1, latent_size=8)
+
+
+def synthetic_buffer(h: int, w: int, seed: int = 0) -> DeepBuffer:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < 0.7
+    return DeepBuffer(np.where(mask[..., None], rng.random((h, w, 3)), 0).astype(np.float16),
+                      np.where(mask, rng.uniform(1, 80, (h, w)), np.inf).astype(np.float32),
+                      np.where(mask, rng.integers(0, 19, (h, w)), UNKNOWN).astype(np.uint8), mask)
+
+
+# ---- the replaced numpy implementations (what "before" measures) ------------------------------------------------
+def numpy_encode_buffers(enc: InputEncoding, buffers: list[DeepBuffer]) -> torch.Tensor:
+    mask = np.stack([b.mask for b in buffers])
+    color = linear_to_srgb(np.stack([b.color for b in buffers])) * 2.0 - 1.0
+    color[~mask] = -1.0
+    d = np.stack([b.depth for b in buffers]).astype(np.float32)
+    valid = np.isfinite(d) & (d > 0) & mask
+    safe = np.where(valid, d, enc.far)
+    t = (1.0 / safe - 1.0 / enc.far) / (1.0 / enc.near - 1.0 / enc.far)
+    depth = np.where(valid, np.clip(t, 0.0, 1.0) * 2.0 - 1.0, enc.empty_depth).astype(np.float32)
+    labels = enc._label_lut()[np.stack([b.label for b in buffers])].transpose(0, 3, 1, 2)
+    parts = [color.transpose(0, 3, 1, 2), depth[:, None], labels, np.where(mask, 1.0, -1.0).astype(np.float32)[:, None]]
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32))
+
+
+def numpy_decode_rgb(t: torch.Tensor) -> np.ndarray:
+    a = np.nan_to_num(t.detach().to("cpu", torch.float32).numpy(), nan=-1.0)
+    return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+
+
+def old_server_host(rt: ModelRuntime, wire: dict, y: torch.Tensor) -> np.ndarray:
+    """The host work of a request as the server did it (the forward itself left out: ``y`` stands for it)."""
+    buffer = P.buffer_from_wire(wire)
+    x = numpy_encode_buffers(rt.encoding, [buffer])
+    h, w = x.shape[-2:]
+    m = rt.multiple
+    x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+    return numpy_decode_rgb(y[:, :, :h, :w])
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples), 3)
+
+
+def bench_server(sizes: list[str], repeats: int) -> dict:
+    torch.manual_seed(0)
+    cfg = BundleConfig(name="bench-host", **TINY)
+    rt = ModelRuntime(Bundle(cfg, *build_networks(cfg)), "cpu")
+    out = {}
+    for name in sizes:
+        h, w = SIZES[name]
+        buffer = synthetic_buffer(h, w)
+        wire_old = P.buffer_to_wire(buffer)  # with the mask frame, as clients sent it
+        wire_new = P.buffer_to_wire(buffer, send_mask=None)
+        z = np.zeros((1, cfg.latent_size), np.float32)
+        y = torch.zeros((1, 3, h + (-h) % rt.multiple, w + (-w) % rt.multiple))
+        before, after, stages = [], [], {s: [] for s in ("decode", "encode", "forward", "output")}
+        for i in range(repeats + 2):
+            a = time.perf_counter()
+            old_server_host(rt, wire_old, y)
+            t_old = (time.perf_counter() - a) * 1000
+            result = rt.rerender_wire([wire_new], z)
+            if i >= 2:  # warm-up: tables, reused buffers
+                before.append(t_old)
+                t = result.timings_ms
+                after.append(t["decode"] + t["encode"] + t["output"])
+                for s in stages:
+                    stages[s].append(t[s])
+        out[name] = {"before_ms": median_ms(before), "after_ms": median_ms(after),
+                     "speedup": round(median_ms(before) / median_ms(after), 1),
+                     "after_stages_ms": {s: median_ms(v) for s, v in stages.items()},
+                     "note": "forward is a tiny network's, not counted in before/after"}
+        print(f"server host {name}: before {out[name]['before_ms']:.1f} ms, after {out[name]['after_ms']:.1f} ms "
+              f"(x{out[name]['speedup']}) stages {out[name]['after_stages_ms']}")
+    return out
+
+
+def bench_blender(sizes: list[str], repeats: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from addon import pixels  # numpy only: importable without Blender
+
+    out = {}
+    for name in sizes:
+        h, w = SIZES[name]
+        buffer = synthetic_buffer(h, w)
+        image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        writer = pixels.PassWriter()
+        runs = {"before": lambda: numpy_pass_pixels(buffer, srgb8_to_linear(image)),
+                "after": lambda: writer.passes(buffer, image, transparent=False),
+                "to_wire_before": lambda: P.buffer_to_wire(buffer),
+                "to_wire_after": lambda: P.buffer_to_wire(buffer, send_mask=None)}
+        samples = {k: [] for k in runs}
+        for i in range(repeats + 2):
+            for k, fn in runs.items():
+                a = time.perf_counter()
+                fn()
+                if i >= 2:
+                    samples[k].append((time.perf_counter() - a) * 1000)
+        med = {k: median_ms(v) for k, v in samples.items()}
+        out[name] = {"passes_before_ms": med["before"], "passes_after_ms": med["after"],
+                     "to_wire_before_ms": med["to_wire_before"], "to_wire_after_ms": med["to_wire_after"],
+                     "total_before_ms": round(med["before"] + med["to_wire_before"], 3),
+                     "total_after_ms": round(med["after"] + med["to_wire_after"], 3)}
+        print(f"blender host {name}: passes {med['before']:.1f} -> {med['after']:.1f} ms, buffer_to_wire "
+              f"{med['to_wire_before']:.1f} -> {med['to_wire_after']:.1f} ms")
+    return out
+
+
+def numpy_pass_pixels(buffer: DeepBuffer, rgb_linear: np.ndarray) -> dict[str, np.ndarray]:
+    """The add-on's pass assembly as it was (five float32 arrays, each flipped and copied)."""
+    h, w = buffer.shape
+    mask = buffer.mask.astype(np.float32)
+    alpha = np.ones((h, w), np.float32)
+    depth = np.where(buffer.mask & np.isfinite(buffer.depth), buffer.depth, 1.0e10).astype(np.float32)
+    passes = {"Combined": np.concatenate([rgb_linear.astype(np.float32), alpha[..., None]], axis=2),
+              "Depth": depth[..., None], "Albedo": buffer.color.astype(np.float32),
+              "Label": buffer.label.astype(np.float32)[..., None], "Mask": mask[..., None]}
+    return {n: np.ascontiguousarray(a[::-1]) for n, a in passes.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats (a smoke run)")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sections", nargs="+", default=["server", "blender"], choices=["server", "blender"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what one worker thread gets)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_host.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 15
+    result = {"benchmark": "bench_host", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+              "torch": torch.__version__, "numpy": np.__version__, "torch_threads": args.threads},
+              "repeats": repeats}
+    from rerender.bridge.allocator import keep_frame_buffers
+    result["malloc"] = keep_frame_buffers()  # as the server and client do at start
+    if "server" in args.sections:
+        result["server"] = bench_server(args.sizes, repeats)
+    if "blender" in args.sections:
+        result["blender"] = bench_blender(args.sizes, repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
