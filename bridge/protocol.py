@@ -155,9 +155,9 @@ def check_request_size(arrays: dict[str, np.ndarray], limits: Limits = DEFAULT_L
             raise ProtocolError(CODE_TOO_LARGE, f"the frame is {h} x {w}; sides above {limits.max_image_side} px "
                                                 f"are not served")
         if max_frame_pixels is not None and h * w > max_frame_pixels:
-            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {h} x {w} = {h * w / 1e6:.1f} Mpx; this backend's "
-                                                f"device fits at most {max_frame_pixels / 1e6:.1f} Mpx per frame "
-                                                f"(hello: limits.max_frame_pixels): render smaller frames or tiles")
+            raise ProtocolError(CODE_TOO_LARGE, f"the frame is {h} x {w} = {h * w:,} px; this backend's device "
+                                                f"fits at most {max_frame_pixels:,} px per frame (hello: "
+                                                f"limits.max_frame_pixels): render smaller frames or tiles")
 
 
 # --------------------------------------------------------------------------------------------------- decoding
