@@ -203,11 +203,4 @@ CLASSES = (RERENDER_OT_fetch_gallery, RERENDER_OT_apply_look, RERENDER_OT_mix_lo
            RERENDER_OT_remove_look)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

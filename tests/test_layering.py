@@ -37,6 +37,24 @@ TRAINING_BPY = {
     "rerender.training.demo.shot": "builds the demo's Blender shot (the artist's steps, scripted)",
 }
 TRAINING_BPY_PACKAGES = ("rerender.training.synthetic.",)  # builds and photographs the generated landmark
+# docs/architecture.md, "The add-on by layer": group -> its modules, and group -> the other groups it may import
+ADDON_GROUPS = {
+    "format": {"_bridge", "colmap_checks", "colmap_reader", "cameras"},
+    "plumbing": {"connection", "jobs"},
+    "ui leaf": {"ui"},
+    "settings": {"preferences"},
+    "scene data": {"properties", "points", "compat", "exr_io", "exr_read", "deep_buffer", "gpu_raster", "pixels",
+                   "semantics", "looks"},
+    "blender side": {"colmap_import", "engine", "batch", "viewport"},
+    "ui": {"appearance", "panels"},
+    "package": {"__init__"},
+}
+EVERYTHING = set(ADDON_GROUPS)
+ADDON_MAY_IMPORT = {
+    "format": set(), "plumbing": {"format", "ui leaf"}, "ui leaf": {"plumbing"}, "settings": {"plumbing", "ui leaf"},
+    "scene data": {"format", "plumbing"}, "blender side": {"format", "plumbing", "settings", "scene data"},
+    "ui": EVERYTHING, "package": EVERYTHING,
+}
 # add-on modules that must import without Blender (training and plain-Python tests use them)
 BPY_FREE_ADDON = ("rerender.addon.colmap_checks", "rerender.addon.colmap_reader", "rerender.addon.cameras",
                   "rerender.addon.connection", "rerender.addon.jobs", "rerender.addon._bridge")
@@ -151,6 +169,28 @@ def test_the_addon_reaches_the_bridge_only_through_its_one_door():
              for name, relative, _ in imports_of(module) if not relative and name.startswith("rerender")]
     assert not wrong, "add-on modules import rerender.* absolutely (use relative imports and ._bridge):\n" + \
         "\n".join(wrong)
+
+
+def _addon_group(module: str) -> str | None:
+    name = "__init__" if module == "rerender.addon" else module.rpartition(".")[2]
+    return next((group for group, names in ADDON_GROUPS.items() if name in names), None)
+
+
+def test_addon_modules_follow_the_layer_table():
+    wrong = []
+    for module, targets in project_edges().items():
+        if _part(module) != "addon":
+            continue
+        group = _addon_group(module)
+        if group is None:
+            wrong.append(f"{module} is in no group of the add-on's layer table (docs/architecture.md): add it there "
+                         "and to ADDON_GROUPS")
+            continue
+        for target in targets:
+            other = _addon_group(target)
+            if _part(target) == "addon" and other not in ADDON_MAY_IMPORT[group] | {group, None}:
+                wrong.append(f"{module} ({group}) imports {target} ({other})")
+    assert not wrong, "\n".join(wrong)
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
