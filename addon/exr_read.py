@@ -81,8 +81,7 @@ def _header(data: bytes, pos: int) -> tuple[dict, int]:
 def _undo_zip_filters(raw: bytes) -> bytes:
     """OpenEXR's ZIP/RLE pre-filters, reversed: a byte delta predictor, then the even/odd byte split."""
     t = np.frombuffer(raw, np.uint8)
-    t = np.cumsum(t.astype(np.int64) - 128, dtype=np.int64)
-    t[0] += 128  # the first byte is stored as is
+    t = np.cumsum(t.astype(np.int64) - 128, dtype=np.int64) + 128  # t[i] = t[i-1] + d[i] - 128; t[0] = d[0]
     t = (t & 0xFF).astype(np.uint8)
     out = np.empty_like(t)
     half = (len(t) + 1) // 2

@@ -2,13 +2,15 @@
 
 Why this exists: artists install add-ons from a zip in Blender's preferences and will never pip-install pyzmq into
 Blender's Python. Blender 4.2+ extensions carry their dependencies as wheels listed in `blender_manifest.toml`;
-Blender installs them into its own site-packages on install. We download the wheels for Blender 5.0's Python (3.11)
-for each platform, stage the add-on with the bridge vendored inside it (the add-on imports `rerender.bridge` when the
+Blender installs them into its own site-packages on install, "only the compatible wheels". We download the wheels
+for every Python the supported Blenders use (3.11 for 4.5 LTS and 5.0, 3.13 for 5.1 and later; Blender derives the
+extension's Python versions from the wheel tags) for each platform, stage the add-on with the bridge vendored inside it (the add-on imports `rerender.bridge` when the
 full project is installed, else its vendored copy), and let Blender's own extension tool (`blender_ext.py`, shipped
 inside the bpy wheel and Blender) build one zip per platform and validate it, so what we ship passes exactly the
-checks Blender applies on install.
+checks Blender applies on install. ``--repo-index`` also writes a Blender extension repository (the zips and the
+``index.json`` Blender's tool generates) that studios and farms install and upgrade from.
 
-    .venv/bin/python packaging/build_extension.py --out dist       (see docs/install.md)
+    .venv/bin/python packaging/build_extension.py --out dist [--repo-index]      (see docs/install.md)
 
 (packaging/ has no __init__.py on purpose: a package named `packaging` would shadow the library pip uses.)
 """
@@ -25,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON_VERSION = "3.11"  # Blender 4.2 - 5.0 ship CPython 3.11
-# Blender's platform names -> pip platform tags for which the dependency wheels exist for CPython 3.11.
+# Blender 4.5 LTS and 5.0 ship CPython 3.11, Blender 5.1 - 5.3 CPython 3.13.
+PYTHON_VERSIONS = ("3.11", "3.13")
+# Blender's platform names -> pip platform tags for which the dependency wheels exist. No macOS x64 zip: pycolmap
+# 4.2 publishes no x86_64 macOS wheels (its last ones are 3.12.x, for other Pythons).
 PLATFORMS: dict[str, str] = {
     "linux-x64": "manylinux_2_28_x86_64",
     "windows-x64": "win_amd64",
@@ -62,21 +66,26 @@ def blender_ext_tool() -> Path:
     return tool
 
 
-def download_wheels(platform_tag: str, dest: Path, requirements: tuple[str, ...] = REQUIREMENTS) -> list[Path]:
-    """Unmodified binary wheels from PyPI for Blender's Python on one platform (no dependency resolution:
-    the listed packages have no runtime dependencies of their own that Blender lacks)."""
+def download_wheels(platform_tag: str, dest: Path, requirements: tuple[str, ...] = REQUIREMENTS,
+                    python_version: str = PYTHON_VERSIONS[0]) -> list[Path]:
+    """Unmodified binary wheels from PyPI for one Python on one platform (no dependency resolution: the listed
+    packages have no runtime dependencies of their own that Blender lacks). pip prefers pyzmq's stable-ABI
+    (cp312-abi3) wheel wherever it serves, so Python 3.13 gets that one."""
+    dest = dest / f"py{python_version}"
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
-           "--no-deps", "--python-version", PYTHON_VERSION, "--implementation", "cp", "--platform", platform_tag,
+           "--no-deps", "--python-version", python_version, "--implementation", "cp", "--platform", platform_tag,
            "-d", str(dest), *requirements]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise PackagingError(f"pip could not download wheels for {platform_tag}: {result.stderr.strip()[-800:]}")
+        raise PackagingError(f"pip could not download wheels for Python {python_version} on {platform_tag}: "
+                             f"{result.stderr.strip()[-800:]}")
     wheels = sorted(dest.glob("*.whl"))
     names = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
     missing = [r.split("==")[0] for r in requirements if r.split("==")[0].lower() not in names]
     if missing:
-        raise PackagingError(f"no {platform_tag} wheel for {', '.join(missing)} on the package index")
+        raise PackagingError(f"no {platform_tag} wheel for Python {python_version} of {', '.join(missing)} on the "
+                             "package index")
     return wheels
 
 
@@ -109,8 +118,10 @@ def write_manifest(stage: Path, wheels: list[str], platforms: list[str]) -> dict
     return tomllib.loads(path.read_text())
 
 
-def run_tool(args: list[str]) -> str:
-    result = subprocess.run([sys.executable, str(blender_ext_tool()), *args], capture_output=True, text=True)
+def run_tool(args: list[str], tool: Path | None = None, python: str | None = None) -> str:
+    """Run Blender's extension tool (by default the one in this Python's bpy) with ``args``."""
+    result = subprocess.run([python or sys.executable, str(tool or blender_ext_tool()), *args], capture_output=True,
+                            text=True)
     out = (result.stdout + result.stderr).strip()
     if result.returncode != 0 or "error" in out.lower().split("\n")[-1]:
         raise PackagingError(f"blender_ext {args[0]} failed: {out[-1500:]}")
@@ -131,9 +142,10 @@ def build(out: Path, platforms: list[str] | None = None, *, work: Path | None = 
     (stage / "wheels").mkdir()
     wheel_names = []
     for platform in platforms:
-        for wheel in download_wheels(PLATFORMS[platform], wheel_cache / platform):
-            shutil.copy2(wheel, stage / "wheels" / wheel.name)
-            wheel_names.append(f"./wheels/{wheel.name}")
+        for python_version in PYTHON_VERSIONS:
+            for wheel in download_wheels(PLATFORMS[platform], wheel_cache / platform, python_version=python_version):
+                shutil.copy2(wheel, stage / "wheels" / wheel.name)
+                wheel_names.append(f"./wheels/{wheel.name}")
     manifest = write_manifest(stage, sorted(set(wheel_names)), platforms)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(f"{manifest['id']}-*.zip"):
@@ -153,15 +165,38 @@ def build(out: Path, platforms: list[str] | None = None, *, work: Path | None = 
     return built
 
 
+def write_repository(repo: Path, zips: list[Path], tool: Path | None = None, python: str | None = None) -> Path:
+    """A Blender extension repository in folder ``repo``: the zips and the ``index.json`` Blender's own tool
+    generates from them (``blender --command extension server-generate`` does the same). Workers add it with
+    ``blender --command extension repo-add --url file:///REPO/index.json`` (or the folder served over HTTP)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for old in repo.glob("*.zip"):
+        old.unlink()
+    for path in zips:
+        shutil.copy2(path, repo / path.name)
+    run_tool(["server-generate", "--repo-dir", str(repo)], tool, python)
+    index = repo / "index.json"
+    if not index.is_file():
+        raise PackagingError(f"Blender's server-generate wrote no index.json into {repo}")
+    return index
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="where the zips go (default: dist/)")
     parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
                         help="build only for this platform (repeatable; default: all)")
     parser.add_argument("--wheel-cache", type=Path, help="reuse downloaded wheels from this folder")
+    parser.add_argument("--repo-index", type=Path, nargs="?", const=True,
+                        help="also write an extension repository (zips + index.json) into this folder "
+                             "(default: OUT/repository)")
     args = parser.parse_args(argv)
     try:
         built = build(args.out, args.platform, wheel_cache=args.wheel_cache)
+        if args.repo_index:
+            repo = args.out / "repository" if args.repo_index is True else args.repo_index
+            index = write_repository(repo, [b.path for b in built])
+            print(f"repository   {index}")
     except PackagingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

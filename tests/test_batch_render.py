@@ -233,6 +233,7 @@ def test_pipelined_animation_sends_each_frame_the_fcurve_latent(shot, addon, rec
 
 @pytest.mark.blender
 @pytest.mark.slow  # two animation renders of 5 tiny frames and a backend restart: 20-40 s
+@pytest.mark.lane
 def test_killing_the_backend_stops_with_a_clear_message_and_a_rerender_resumes(shot, addon, bundle, tmp_path):
     import bpy
 

@@ -17,7 +17,7 @@ from rerender.addon import points as pts  # noqa: E402
 from rerender.addon.cameras import ColmapCamera  # noqa: E402
 from rerender.bridge.colors import linear_to_srgb8, srgb8_to_linear  # noqa: E402
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.lane]
 
 N = 300
 MARKER_LABEL = 11

@@ -21,6 +21,7 @@ bpy = pytest.importorskip("bpy")
 from support_backend import free_tcp_address  # noqa: E402
 from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
 
+from rerender.addon import compat  # noqa: E402
 from rerender.bridge import Client, srgb8_to_linear  # noqa: E402
 
 pytestmark = pytest.mark.blender
@@ -30,16 +31,15 @@ POINT_LABEL = 2  # "building"
 POINT_COLOR = (0.2, 0.5, 0.8)  # linear
 
 
-def _oiio():
-    sys.path.append(bpy.utils.resource_path("LOCAL") + "/python/lib/python3.11/site-packages")
-    import OpenImageIO
-
-    return OpenImageIO
-
-
 def read_layers(path: Path) -> dict[str, np.ndarray]:
-    """All channels of a (multi-part) EXR by channel name, rows top-down."""
-    oiio = _oiio()
+    """All channels of a (multi-part) EXR by channel name, rows top-down (Blender's OpenImageIO, or the add-on's
+    numpy reader where the Blender build has none)."""
+    from rerender.addon.compat import openimageio
+    from rerender.addon.exr_read import read_exr_parts
+
+    oiio = openimageio()
+    if oiio is None:
+        return {name: part.pixels[..., c] for part in read_exr_parts(path) for c, name in enumerate(part.channels)}
     inp = oiio.ImageInput.open(str(path))
     assert inp is not None, f"cannot open {path}: {oiio.geterror()}"
     out, i = {}, 0
@@ -104,8 +104,9 @@ def direct_frame(scene, backend, latent, frame: int | None = None) -> np.ndarray
         return srgb8_to_linear(client.rerender(buffer, np.asarray(latent, np.float32))), buffer
 
 
+@pytest.mark.lane
 def test_f12_writes_multilayer_exr_with_every_pass(shot, backend, tmp_path):
-    shot.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    compat.set_multilayer_exr(shot.render.image_settings)
     shot.render.image_settings.color_depth = "32"
     shot.render.filepath = str(tmp_path / "still.exr")
     bpy.ops.render.render(scene=shot.name, write_still=True)
@@ -131,6 +132,7 @@ def test_f12_writes_multilayer_exr_with_every_pass(shot, backend, tmp_path):
 
 
 @pytest.mark.slow  # 3 nested EEVEE renders + 1 reference: 10-20 s on 2 busy cores
+@pytest.mark.lane
 def test_animation_renders_each_frame_with_its_camera_and_look(shot, backend, tmp_path):
     from rerender.addon import properties
 
@@ -151,7 +153,7 @@ def test_animation_renders_each_frame_with_its_camera_and_look(shot, backend, tm
     finally:
         edit.keyframe_new_interpolation_type = previous
     shot.frame_start, shot.frame_end = 1, 3
-    shot.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    compat.set_multilayer_exr(shot.render.image_settings)
     shot.render.filepath = str(tmp_path / "anim_")
     started = time.perf_counter()
     bpy.ops.render.render(scene=shot.name, animation=True)
