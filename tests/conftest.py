@@ -1,4 +1,5 @@
-"""Shared pytest setup. Area-specific fixtures live in tests/support_<area>.py, imported by the tests that use them."""
+"""Shared pytest setup. Area-specific helpers live in tests/support_<area>.py; the fixture modules among them are
+registered here as plugins, so a test names a fixture as an argument and imports nothing for it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["support_addon"]  # backend + addon: a real `rerender serve` and the enabled add-on (module scope)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 if os.environ.get("RERENDER_SHARED"):

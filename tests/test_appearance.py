@@ -20,8 +20,6 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
-
 from rerender.bridge import Client, srgb8_to_linear  # noqa: E402
 
 pytestmark = pytest.mark.blender
