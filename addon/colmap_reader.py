@@ -235,55 +235,73 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short":
               "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
 
 
+_PLY_FIX = "re-run stereo fusion, or delete it to import the sparse points"
+
+
+def _ply_layout(f, path: Path) -> tuple[str, int, list[tuple[str, str]]]:
+    """(format, vertex count, vertex properties) from a PLY header; for binary files the count is checked against
+    the bytes that follow, so nothing is ever allocated for vertices the file does not hold."""
+    if f.readline().strip() != b"ply":
+        raise ColmapImportError(f"{path} is not a PLY file (no 'ply' magic); delete it or re-run fusion")
+    fmt, count, props, element = None, None, [], None
+    while True:
+        line = f.readline()
+        if not line:
+            raise ColmapImportError(f"{path}: the PLY header never ends (truncated file); {_PLY_FIX}")
+        words = line.decode("ascii", "replace").split()
+        if not words:
+            continue
+        if words[0] == "format":
+            fmt = words[1] if len(words) > 1 else ""
+        elif words[0] == "element":
+            element = words[1] if len(words) > 1 else ""
+            if element == "vertex":
+                count = int(words[2]) if words[2:3] and words[2].isdigit() else -1
+            elif count is None:
+                raise ColmapImportError(f"{path}: elements before 'vertex' are not supported; {_PLY_FIX}")
+        elif words[0] == "property" and element == "vertex":
+            if len(words) < 3 or words[1] not in _PLY_TYPES:
+                raise ColmapImportError(f"{path}: vertex property {' '.join(words[1:])!r} is not supported; "
+                                        f"{_PLY_FIX}")
+            props.append((words[2], _PLY_TYPES[words[1]]))
+        elif words[0] == "end_header":
+            break
+    if count is None or count < 0 or not {"x", "y", "z"} <= {p for p, _ in props}:
+        raise ColmapImportError(f"{path}: no vertex element with a count and x, y, z; {_PLY_FIX}")
+    if fmt != "ascii":
+        order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
+        if order is None:
+            raise ColmapImportError(f"{path}: unknown PLY format {fmt!r}; {_PLY_FIX}")
+        itemsize = np.dtype([(name, order + t) for name, t in props]).itemsize
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if count * itemsize > left:
+            raise ColmapImportError(f"{path}: {left // itemsize:,} of {count:,} vertices (truncated file); "
+                                    f"{_PLY_FIX}")
+    return fmt, count, props
+
+
+def check_ply(path: str | os.PathLike) -> int:
+    """Check a PLY point cloud's header (and, for binary files, its size) without reading the points; returns the
+    vertex count. ColmapImportError with the fix when it is unusable."""
+    with open(path, "rb") as f:
+        return _ply_layout(f, Path(path))[1]
+
+
 def read_ply_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Positions (N x 3 float64) and colors (N x 3 uint8, white when absent) of a PLY point cloud such as COLMAP's
     ``fused.ply``. Binary little/big endian and ASCII; only the vertex element is read, in one numpy call, and
     never more than the file holds (a declared count beyond the file's size is refused before reading)."""
     path = Path(path)
-    fix = "re-run stereo fusion, or delete it to import the sparse points"
     with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise ColmapImportError(f"{path} is not a PLY file (no 'ply' magic); delete it or re-run fusion")
-        fmt, count, props, element = None, None, [], None
-        while True:
-            line = f.readline()
-            if not line:
-                raise ColmapImportError(f"{path}: the PLY header never ends (truncated file); {fix}")
-            words = line.decode("ascii", "replace").split()
-            if not words:
-                continue
-            if words[0] == "format":
-                fmt = words[1]
-            elif words[0] == "element":
-                element = words[1]
-                if element == "vertex":
-                    count = int(words[2]) if words[2:3] and words[2].isdigit() else -1
-                elif count is None:
-                    raise ColmapImportError(f"{path}: elements before 'vertex' are not supported; {fix}")
-            elif words[0] == "property" and element == "vertex":
-                if words[1] == "list" or words[1] not in _PLY_TYPES or len(words) < 3:
-                    raise ColmapImportError(f"{path}: vertex property {' '.join(words[1:])!r} is not supported; "
-                                            f"{fix}")
-                props.append((words[2], _PLY_TYPES[words[1]]))
-            elif words[0] == "end_header":
-                break
-        if count is None or count < 0 or not {"x", "y", "z"} <= {p for p, _ in props}:
-            raise ColmapImportError(f"{path}: no vertex element with a count and x, y, z; {fix}")
+        fmt, count, props = _ply_layout(f, path)
         if fmt == "ascii":
             table = np.loadtxt(f, max_rows=count, ndmin=2)
             if len(table) != count:
-                raise ColmapImportError(f"{path}: {len(table)} of {count} vertices (truncated file); {fix}")
+                raise ColmapImportError(f"{path}: {len(table)} of {count} vertices (truncated file); {_PLY_FIX}")
             cols = {name: table[:, i] for i, (name, _) in enumerate(props)}
         else:
-            order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
-            if order is None:
-                raise ColmapImportError(f"{path}: unknown PLY format {fmt!r}; {fix}")
-            dtype = np.dtype([(name, order + t) for name, t in props])
-            left = os.fstat(f.fileno()).st_size - f.tell()
-            if count * dtype.itemsize > left:
-                raise ColmapImportError(f"{path}: {left // dtype.itemsize:,} of {count:,} vertices (truncated "
-                                        f"file); {fix}")
-            data = np.fromfile(f, dtype=dtype, count=count)
+            order = "<" if fmt == "binary_little_endian" else ">"
+            data = np.fromfile(f, dtype=np.dtype([(name, order + t) for name, t in props]), count=count)
             cols = {name: data[name] for name, _ in props}
     xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1).astype(np.float64)
     if {"red", "green", "blue"} <= cols.keys():

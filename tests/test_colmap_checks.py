@@ -120,3 +120,18 @@ def test_rerender_dataset_refuses_damaged_models_before_writing(tmp_path, capsys
         err = capsys.readouterr().err
         assert f"{name}.bin" in err and "Re-export" in err and "Traceback" not in err
         assert not out.exists()
+
+
+def test_rerender_dataset_refuses_a_truncated_dense_cloud_before_writing(tmp_path):
+    from support_colmap import facade_points, write_fused_ply
+
+    from rerender.training.dataset_builder import DatasetError, build_dataset
+
+    ws = write_tiny_workspace(tmp_path / "ws", n_points=100)
+    write_fused_ply(ws.workspace / "dense" / "fused.ply", *facade_points(500))
+    _truncate(ws.workspace / "dense" / "fused.ply", 0.6)
+    started = time.perf_counter()
+    with pytest.raises(DatasetError, match="fused.ply: .* vertices \\(truncated file\\); re-run stereo fusion"):
+        build_dataset(ws.workspace, tmp_path / "dataset", progress=False)
+    assert time.perf_counter() - started < 1.0
+    assert not (tmp_path / "dataset").exists()

@@ -140,7 +140,7 @@ def open_workspace(workspace: Path, undistort_into: Path | None = None) -> tuple
     workspace; without ``undistort_into`` it is refused. Every error is a DatasetError raised before anything is
     written.
     """
-    from rerender.addon.colmap_reader import ColmapImportError, load_model
+    from rerender.addon.colmap_reader import ColmapImportError, check_ply, load_model
 
     ws = Path(workspace)
     if not ws.is_dir():
@@ -156,12 +156,15 @@ def open_workspace(workspace: Path, undistort_into: Path | None = None) -> tuple
                            f"put the photos the model names into {ws / 'images'}")
     try:
         read = load_model(model, undistort_into=undistort_into)
+        root = read.workspace if read.undistorted else ws
+        if (root / "dense" / "fused.ply").is_file():
+            check_ply(root / "dense" / "fused.ply")  # dense labels are voted from it after segmenting
     except ColmapImportError as exc:
         raise DatasetError(str(exc)) from exc
     if read.undistorted:
         log.info("the model's cameras are distorted: photos and model undistorted into %s", read.workspace)
     views = sorted((WorkspaceView(c.name, c) for c in read.cameras), key=lambda v: v.name)
-    return (read.workspace if read.undistorted else ws), read.reconstruction, views
+    return root, read.reconstruction, views
 
 
 def load_workspace(workspace: Path):
