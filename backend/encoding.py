@@ -24,7 +24,7 @@ import torch
 from rerender.bridge.buffers import DeepBuffer
 from rerender.bridge.classes import DEFAULT_CLASSES, UNKNOWN, ClassTable
 
-from .tensor_encoding import TensorEncoder, encoder_for, stack_numpy
+from .tensor_encoding import TensorEncoder, as_tensor, encoder_for, stack_numpy
 
 DEPTH_MODES = ("inverse", "linear")
 LABEL_MODES = ("color", "onehot")
@@ -220,12 +220,7 @@ class InputEncoding:
 
     def encode_photos(self, photos: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 sRGB photos (N x H x W x 3, or a list of H x W x 3 of one size) -> float32 N x 3 x H x W in [-1, 1]."""
-        batch = photo_batch(photos)
-        out = torch.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=torch.float32)
-        table = encoder_for(self, "cpu").photo
-        idx = torch.from_numpy(batch).permute(0, 3, 1, 2).to(torch.int64)
-        torch.index_select(table, 0, idx.reshape(-1), out=out.view(-1))
-        return out
+        return encoder_for(self, "cpu").encode_photos(as_tensor(photo_batch(photos)))
 
     @staticmethod
     def decode_rgb(t: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from rerender.bridge.protocol import check_wire_buffer
 
 from .bundle import Appearance, Bundle
 from .encoding import buffer_tensors, photo_batch
-from .tensor_encoding import stack_numpy
+from .tensor_encoding import as_tensor, stack_numpy
 
 DEFAULT_BATCH = 8
 
@@ -247,7 +247,7 @@ class ModelRuntime:
             arrays = buffer_tensors(buffers[s])
             if self.config.use_semantics:
                 self.encoding.check_labels(arrays["label"])
-            photo = torch.from_numpy(photo_batch(photos[s]))
+            photo = as_tensor(photo_batch(photos[s]))
             with self._inference():
                 dev = self._to_device({**arrays, "photo": photo})
                 x = self.encoding.encode_wire(dev, with_labels=self.config.use_semantics, photo=dev["photo"])
@@ -370,8 +370,14 @@ class _Staging:
         self._up: dict[tuple, list[Any]] = {}
         self._turn: dict[tuple, int] = {}
         self._down: dict[tuple, torch.Tensor] = {}
+        self._lock = threading.Lock()  # a pipelining server uploads frame k+1 while frame k computes
+        self._down_lock = threading.Lock()
 
     def upload(self, host: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self._lock:
+            return self._upload(host)
+
+    def _upload(self, host: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name, t in host.items():
             key = (name, tuple(t.shape), t.dtype)
@@ -389,6 +395,10 @@ class _Staging:
         return out
 
     def download(self, t: torch.Tensor) -> np.ndarray:
+        with self._down_lock:
+            return self._download(t)
+
+    def _download(self, t: torch.Tensor) -> np.ndarray:
         key = (tuple(t.shape), t.dtype)
         buf = self._down.get(key)
         if buf is None:

@@ -143,6 +143,16 @@ class TensorEncoder:
                 plane[c].copy_(masked[i]).mul_(-2.0).add_(1.0)  # exactly +1 drawn, -1 empty
         return out
 
+    def encode_photos(self, photo: torch.Tensor) -> torch.Tensor:
+        """uint8 sRGB N x H x W x 3 on the device -> float32 N x 3 x H x W in [-1, 1] (``encode_photos``'s numbers)."""
+        n, h, w, _ = photo.shape
+        out = torch.empty((n, 3, h, w), dtype=torch.float32, device=self.device)
+        idx = torch.empty((h, w), dtype=torch.int64, device=self.device)
+        for i in range(n):
+            for k in range(3):
+                self._gather(self.photo, _pad_into(idx, photo[i, :, :, k]), out[i, k])
+        return out
+
     def _depth_arithmetic(self, depth: torch.Tensor, masked: torch.Tensor, hp: int, wp: int,
                           out: torch.Tensor) -> None:
         """float32 depth: numpy's float32 rounding step by step (its python scalars become float32 before each
@@ -167,8 +177,8 @@ class TensorEncoder:
     @staticmethod
     def to_uint8(y: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3 on the same device (exactly ``decode_rgb``)."""
-        a = y.float() if y.dtype != torch.float32 else y.clone()
-        a = a.nan_to_num_(nan=-1.0).clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_()
+        a = y.clamp(-1.0, 1.0) if y.dtype == torch.float32 else y.float().clamp_(-1.0, 1.0)
+        a = a.nan_to_num_(nan=-1.0).add_(1.0).mul_(127.5).round_()  # clamp keeps NaN; it becomes -1 here
         return a.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     @staticmethod
@@ -211,13 +221,18 @@ def encoder_for(encoding: "InputEncoding", device: str | torch.device) -> Tensor
 
 
 def stack_numpy(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """A CPU tensor of N same-shaped arrays; a single array is viewed, not copied (wire frames are read-only, and
-    nothing here writes into its inputs, so torch's read-only warning is silenced)."""
+    """A CPU tensor of N same-shaped arrays; a single array is viewed, not copied."""
     if len(arrays) == 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(np.ascontiguousarray(arrays[0]))[None]
+        return as_tensor(arrays[0])[None]
     return torch.from_numpy(np.stack(arrays))
 
 
-__all__ = ["TensorEncoder", "encoder_for", "stack_numpy"]
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` that also takes read-only arrays (received wire frames): nothing here writes into its
+    inputs, so torch's warning about them is silenced rather than paid for with a copy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+
+__all__ = ["TensorEncoder", "as_tensor", "encoder_for", "stack_numpy"]

@@ -1,10 +1,13 @@
 """Reader of the aligned dataset ``D/`` (docs/architecture.md): photo, its deep buffer, its segmentation, split.
 
-Why the views are squared here: the appearance encoder sees the whole image and a batch needs one size, so every
-view is resized (short side = ``load_size``; nearest for buffers and labels, which must not be blended, Lanczos for
-photos) and center-cropped to a square. The rerenderer then trains on random ``crop_size`` crops of that square,
-drawn by the trainer from its own checkpointed generator (so a resumed run draws the same crops); validation uses
-the center, deterministically.
+Why views are fitted, then windowed: the appearance encoder sees a whole square and a batch needs one size, so every
+view is resized keeping its aspect ratio (short side = ``load_size``; nearest for buffers and labels, which must not
+be blended, Lanczos for photos), and a training item is a ``load_size`` square *window* of it, drawn anywhere along
+the long side (:meth:`AlignedDataset.window`); the rerenderer then trains on random ``crop_size`` crops of that
+square, drawn by the trainer from its own checkpointed generator. Over a run the crops cover portrait and landscape
+views edge to edge (a fixed center square never trained the top and bottom of a portrait photo). Where the window
+lies is a function of the seed and the batch's place in the epoch order (:func:`window_fractions`), so a resumed run
+draws the same windows. Validation, and every plain ``dataset[i]``, uses the center square, deterministically.
 
 Every failure names the file and says what to do: a missing or corrupt photo, a buffer whose size differs from
 its photo, an empty split.
@@ -134,30 +137,63 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         raise DatasetError(f"{path}: corrupt or unreadable image ({exc}); re-export it or drop the view") from exc
 
 
-def square_view(view: View, size: int) -> View:
-    """Resize so the short side is ``size`` and center-crop to size x size (see module docstring for why)."""
+def fitted_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) of a view resized so its short side is ``size``, aspect ratio kept."""
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+def fit_view(view: View, size: int) -> View:
+    """Resize so the short side is ``size``, keeping the aspect ratio (see module docstring for why)."""
     h, w = view.photo.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    box = (left, top, left + size, top + size)
+    nh, nw = fitted_size(h, w, size)
+    if (nh, nw) == (h, w):
+        return view
 
     def nearest(a: np.ndarray) -> np.ndarray:
-        if (nh, nw) == (h, w):
-            out = a
-        else:
-            ys = np.minimum((np.arange(nh) + 0.5) * h / nh, h - 1).astype(np.int64)
-            xs = np.minimum((np.arange(nw) + 0.5) * w / nw, w - 1).astype(np.int64)
-            out = a[ys][:, xs]
-        return np.ascontiguousarray(out[top:top + size, left:left + size])
+        ys = np.minimum((np.arange(nh) + 0.5) * h / nh, h - 1).astype(np.int64)
+        xs = np.minimum((np.arange(nw) + 0.5) * w / nw, w - 1).astype(np.int64)
+        return a[ys][:, xs]
 
-    if (nh, nw) == (h, w):
-        photo = view.photo[top:top + size, left:left + size]
-    else:
-        photo = np.asarray(Image.fromarray(view.photo).resize((nw, nh), Image.LANCZOS).crop(box))
+    photo = np.asarray(Image.fromarray(view.photo).resize((nw, nh), Image.LANCZOS))
     b = view.buffer
     buffer = DeepBuffer(nearest(b.color), nearest(b.depth), nearest(b.label), nearest(b.mask))
-    return View(view.name, np.ascontiguousarray(photo), buffer, nearest(view.segmentation))
+    return View(view.name, photo, buffer, nearest(view.segmentation))
+
+
+def window_origin(height: int, width: int, size: int, along: float | None) -> tuple[int, int]:
+    """(top, left) of a size x size window of a fitted view; ``along`` in [0, 1] places it along the long side
+    (0: top / left edge, 1: bottom / right edge), None centers it."""
+    span_y, span_x = height - size, width - size
+    if along is None:
+        return span_y // 2, span_x // 2
+    along = min(max(float(along), 0.0), 1.0)
+    return round(along * span_y), round(along * span_x)
+
+
+def crop_view(view: View, top: int, left: int, size: int) -> View:
+    sl = (slice(top, top + size), slice(left, left + size))
+    b = view.buffer
+    buffer = DeepBuffer(*(np.ascontiguousarray(a[sl]) for a in (b.color, b.depth, b.label, b.mask)))
+    return View(view.name, np.ascontiguousarray(view.photo[sl]), buffer, np.ascontiguousarray(view.segmentation[sl]))
+
+
+def square_view(view: View, size: int) -> View:
+    """Resize so the short side is ``size`` and center-crop to size x size (the validation view)."""
+    fitted = fit_view(view, size)
+    h, w = fitted.photo.shape[:2]
+    return crop_view(fitted, *window_origin(h, w, size, None), size)
+
+
+def window_fractions(seed: int, epoch: int, position: int, count: int) -> list[float]:
+    """Where along the long side each item of a batch gets its window: a pure function of the seed and the batch's
+    place in the sampler's order, so the windows do not depend on worker processes, prefetching or resuming.
+
+    Uniform, except that each end gets 1/6 of the draws: the trainer's crops are uniform *inside* the window, so
+    with uniform windows a view's first and last rows would be trained far more rarely than its middle.
+    """
+    u = np.random.default_rng([seed, epoch, position, 0x57]).random(count)
+    return np.clip(1.5 * u - 0.25, 0.0, 1.0).tolist()
 
 
 class AlignedDataset(torch.utils.data.Dataset):
@@ -171,7 +207,7 @@ class AlignedDataset(torch.utils.data.Dataset):
         self.records = [r for r in records if r.split == split]
         self.split = split
         self.load_size = load_size
-        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None  # small datasets: decode once
+        self._cache: dict[int, View] | None = {} if cache else None  # small datasets: decode once
         self.classes = class_table(self.manifest)
         if not self.records:
             counts = {s: sum(r.split == s for r in records) for s in ("train", "val")}
@@ -197,22 +233,41 @@ class AlignedDataset(torch.utils.data.Dataset):
             load_view(rec)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The center square of view ``index`` (validation, and what a plain index means)."""
+        return self.window(index, None)
+
+    def fitted(self, index: int) -> View:
+        """View ``index`` resized to short side ``load_size`` (aspect kept); cached when ``cache`` is on."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        view = square_view(load_view(self.records[index]), self.load_size)
-        b = view.buffer
-        item = {"index": index, "name": view.name, "photo": view.photo, "color": b.color, "depth": b.depth,
-                "label": b.label, "mask": b.mask, "segmentation": view.segmentation}
+        view = fit_view(load_view(self.records[index]), self.load_size)
         if self._cache is not None:
-            self._cache[index] = item
-        return item
+            self._cache[index] = view
+        return view
+
+    def fitted_size(self, index: int) -> tuple[int, int]:
+        rec = self.records[index]
+        return fitted_size(rec.height, rec.width, self.load_size)
+
+    def window(self, index: int, along: float | None) -> dict[str, Any]:
+        """A load_size square of view ``index`` as a dict of numpy arrays (see :func:`collate`); ``along`` places
+        it on the long side (:func:`window_origin`), None centers it."""
+        view = self.fitted(index)
+        h, w = view.photo.shape[:2]
+        top, left = window_origin(h, w, self.load_size, along)
+        sq = crop_view(view, top, left, self.load_size)
+        b = sq.buffer
+        return {"index": index, "name": sq.name, "photo": sq.photo, "color": b.color, "depth": b.depth,
+                "label": b.label, "mask": b.mask, "segmentation": sq.segmentation,
+                "window": np.array([top, left, h, w], np.int64)}
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack arrays into N x ... numpy arrays (the backend's InputEncoding turns buffers into channels)."""
     out: dict[str, Any] = {"index": np.array([i["index"] for i in items]), "name": [i["name"] for i in items]}
-    for key in ("photo", "color", "depth", "label", "mask", "segmentation"):
-        out[key] = np.stack([i[key] for i in items])
+    for key in ("photo", "color", "depth", "label", "mask", "segmentation", "window"):
+        if all(key in i for i in items):
+            out[key] = np.stack([i[key] for i in items])
     return out
 
 

@@ -31,10 +31,12 @@ from rerender.backend.encoding import InputEncoding
 
 from . import losses
 from .config import METHODS, TrainConfig
-from .data import AlignedDataset, BatchIterator, EpochSampler, DatasetError, collate, photos_tensor
+from .checkpoint_writer import save_in_background, wait_for_checkpoints
+from .data import AlignedDataset, EpochSampler, DatasetError, collate, photos_tensor
 from .discriminator import MultiscaleDiscriminator
 from .distributed import DistContext, all_reduce_gradients, all_reduce_mean, barrier, broadcast_parameters
 from .features import feature_scale_for, layer_weights_for, load_features
+from .loader import BatchIterator, device_inputs
 from .vgg import VGG19Features
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,8 @@ class Trainer:
     def run(self, max_steps: int | None = None) -> None:
         """Run the remaining phases (or ``max_steps`` more steps, for tests); checkpoint on interruption."""
         from tqdm import tqdm
-        data = BatchIterator(self.train_set, self.sampler, self.config.num_workers)
+        data = BatchIterator(self.train_set, self.sampler, self.config.num_workers, device=self.device,
+                             encoding=self.encoding, use_semantics=self.bundle_config.use_semantics)
         done = 0
         try:
             while self.phase_index < len(self.phases):
@@ -219,6 +222,7 @@ class Trainer:
             raise
         finally:
             data.close()
+            wait_for_checkpoints()
 
     def _step_function(self, phase: str) -> Callable[[dict[str, Any]], dict[str, float]]:
         if phase == "appearance":
@@ -246,12 +250,7 @@ class Trainer:
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(photos N x 3, R's input N x C with the photo's segmentation as labels, S's input) at load_size."""
-        from .data import batch_buffers
-        buffers = batch_buffers(batch)
-        use_sem = self.bundle_config.use_semantics
-        x = self.encoding.encode_buffers(buffers, with_labels=use_sem, labels=batch["segmentation"])
-        x_plain = x if not use_sem else self.encoding.encode_buffers(buffers, with_labels=False)
-        return photos_tensor(batch["photo"]).to(self.device), x.to(self.device), x_plain.to(self.device)
+        return device_inputs(batch, self.encoding, self.device, self.bundle_config.use_semantics)
 
     def _crop_windows(self, n: int) -> list[tuple[int, int]]:
         span = self.config.load_size - self.config.crop_size + 1
@@ -497,7 +496,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Rank 0 writes ``checkpoint.pt`` atomically; the log is flushed up to this step."""
         if self.ctx.is_main:
-            _atomic_save(self.state_dict(), self.out / CHECKPOINT)
+            save_in_background(self.state_dict(), self.out / CHECKPOINT)
         barrier(self.ctx)
 
     def load_checkpoint(self, path: Path, networks_only: bool = False) -> None:
