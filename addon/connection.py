@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._bridge import bridge
+from .jobs import ONE_AT_A_TIME, JobRunner
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 STATUS_TIMEOUT = 2.0  # seconds a status check may take: the panel shows "checking" meanwhile, never freezes
@@ -169,13 +170,14 @@ def _hello_status(settings: BackendSettings, hello: Any, message: str) -> Backen
 
 
 class StatusMonitor:
-    """Runs status checks in a daemon thread and keeps the latest result for the panels to read."""
+    """Runs status checks as background jobs, one at a time (``jobs.py``), and keeps the latest result for the
+    panels to read."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._status = BackendStatus()
-        self._thread: threading.Thread | None = None
-        self.generation = 0  # bumps on every new status, so a UI timer knows when to redraw
+        self._checks = JobRunner("status", ONE_AT_A_TIME)
+        self.generation = 0  # bumps on every new status, so the UI's pump knows when to redraw
 
     @property
     def status(self) -> BackendStatus:
@@ -184,8 +186,7 @@ class StatusMonitor:
 
     @property
     def busy(self) -> bool:
-        with self._lock:
-            return self._thread is not None and self._thread.is_alive()
+        return self._checks.running
 
     def publish(self, status: BackendStatus) -> None:
         with self._lock:
@@ -194,25 +195,17 @@ class StatusMonitor:
 
     def request(self, settings: BackendSettings) -> bool:
         """Start a check unless one is running; returns whether one was started. Returns at once."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+        with self._lock:  # the worker's publish waits for this lock, so "checking" always comes first
+            if self._checks.running:
                 return False
             self._status = dataclasses.replace(self._status, state="checking", address=settings.address)
             self.generation += 1
-            self._thread = threading.Thread(target=self._run, args=(settings,), name="rerender-status",
-                                            daemon=True)
-            self._thread.start()
-            return True
+            return self._checks.start("status check", lambda: self.publish(check(settings)))
 
     def wait(self, timeout: float | None = None) -> BackendStatus:
         """Block until the running check ends (scripts and tests only, never the UI)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._checks.wait(timeout)
         return self.status
-
-    def _run(self, settings: BackendSettings) -> None:
-        self.publish(check(settings))
 
 
 monitor = StatusMonitor()

@@ -11,8 +11,9 @@ something is in flight. Policies say what a second start does while a job runs:
 - ``LATEST_WINS``: it runs, and the older job's result is dropped when it ends (only the newest answer matters).
 
 Scripts and tests run inside the ``bpy`` module, where timers never fire: they call ``runner.wait()`` and
-``runner.deliver()`` themselves. No bpy at import time (bpy is imported only to register the timer), so the runner is
-plain-Python testable.
+``runner.deliver()`` themselves. No bpy at import time (bpy is imported only to register the timer) and no UI import
+(``ui.py`` hands the pump its redraw through :func:`on_change`), so the runner is plain-Python testable and
+``connection.py`` can use it without an import cycle.
 """
 
 from __future__ import annotations
@@ -61,9 +62,15 @@ class JobRunner:
 
     @property
     def busy(self) -> list[str]:
-        """What the jobs still in flight are doing (superseded ones excluded)."""
+        """What the jobs not yet delivered are doing (superseded ones excluded): the pump runs while this is set."""
         with self._lock:
             return [job.what for job in self._jobs if not job.superseded]
+
+    @property
+    def running(self) -> bool:
+        """Whether a (not superseded) job's thread is still working."""
+        with self._lock:
+            return any(job.thread.is_alive() and not job.superseded for job in self._jobs)
 
     def start(self, what: str, work: Callable[[], Any], on_done: Callable[[Any], Any] | None = None) -> bool:
         """Run ``work()`` in a thread; ``on_done(result)`` runs later on the main thread. False when refused."""
@@ -124,6 +131,13 @@ class JobRunner:
 
 _runners: list[JobRunner] = []
 _watchers: list[Watcher] = []
+_change_callbacks: list[Callable[[], None]] = []
+
+
+def on_change(callback: Callable[[], None]) -> None:
+    """Have the pump call ``callback`` (main thread) after a tick that delivered or noticed something (a redraw)."""
+    if callback not in _change_callbacks:
+        _change_callbacks.append(callback)
 
 
 def watch(watcher: Watcher) -> None:
@@ -150,9 +164,8 @@ def pump() -> float | None:
             continue
         changed, busy = changed or did_change, busy or still_busy
     if changed:
-        from .ui import redraw
-
-        redraw()
+        for callback in list(_change_callbacks):
+            callback()
     return POLL_S if busy else None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 
-from . import connection
+from . import connection, jobs
 
 REDRAWN_AREAS = {"PROPERTIES", "VIEW_3D", "PREFERENCES"}
 
@@ -23,6 +23,9 @@ def redraw() -> None:
         for area in window.screen.areas:
             if area.type in REDRAWN_AREAS:
                 area.tag_redraw()
+
+
+jobs.on_change(redraw)  # the job pump redraws through this module, so jobs.py needs no UI import
 
 
 def wrap(text: str, width: int) -> list[str]:

@@ -75,7 +75,11 @@ def test_latest_wins_drops_the_older_result(gate):
 
 def test_the_pump_runs_while_busy_and_redraws_on_change(gate, monkeypatch):
     redraws = []
-    monkeypatch.setattr("rerender.addon.ui.redraw", lambda: redraws.append(1), raising=False)
+    def count() -> None:
+        redraws.append(1)
+
+    monkeypatch.setattr(jobs, "_change_callbacks", [])  # only this test's callback (ui's is restored afterwards)
+    jobs.on_change(count)
     state = {"changed": False, "busy": False}
     watcher = lambda: (state["changed"], state["busy"])  # noqa: E731
     jobs.watch(watcher)

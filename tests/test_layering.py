@@ -51,7 +51,7 @@ ADDON_GROUPS = {
 }
 EVERYTHING = set(ADDON_GROUPS)
 ADDON_MAY_IMPORT = {
-    "format": set(), "plumbing": {"format", "ui leaf"}, "ui leaf": {"plumbing"}, "settings": {"plumbing", "ui leaf"},
+    "format": set(), "plumbing": {"format"}, "ui leaf": {"plumbing"}, "settings": {"plumbing", "ui leaf"},
     "scene data": {"format", "plumbing"}, "blender side": {"format", "plumbing", "settings", "scene data"},
     "ui": EVERYTHING, "package": EVERYTHING,
 }
