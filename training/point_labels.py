@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rerender.addon.cameras import ColmapCamera
+from rerender.bridge.cameras import PinholeCamera
 from rerender.bridge.classes import UNKNOWN
 
 LABELS_FILE = Path("rerender") / "point_labels.npz"
@@ -32,7 +32,7 @@ LABELS_FILE = Path("rerender") / "point_labels.npz"
 class LabelledView:
     """A photo's camera (COLMAP conventions, at the photo's full size) and its segmentation (any size)."""
 
-    camera: ColmapCamera
+    camera: PinholeCamera
     segmentation: np.ndarray  # uint8 h x w class ids
 
 
