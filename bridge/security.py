@@ -205,7 +205,9 @@ class ServerCurve:
         """Make ``socket_`` (not yet bound) a CURVE server and start the ZAP authenticator on ``context``.
 
         The authenticator runs before the socket binds: a CURVE socket with no ZAP handler would accept any key."""
-        authenticator = ServerAuthenticator(context, _FolderAllowList(self.clients_folder))
+        domain = f"rerender-{id(socket_):x}"  # each server its own ZAP domain, so several can share a context
+        authenticator = ServerAuthenticator(context, _FolderAllowList(self.clients_folder), domain)
+        socket_.zap_domain = domain.encode()
         socket_.curve_secretkey = self.secret_key
         socket_.curve_publickey = self.public_key
         socket_.curve_server = True
@@ -217,24 +219,44 @@ class ServerCurve:
 
 
 class ServerAuthenticator:
-    """A running ZAP handler (``zmq.auth.thread.ThreadAuthenticator``); :meth:`stop` when the socket closes."""
+    """One server's allow-list registered with its context's ZAP handler; :meth:`stop` when the socket closes.
 
-    def __init__(self, context: zmq.Context, allow_list: _FolderAllowList) -> None:
+    ZeroMQ has one ZAP endpoint per context, so servers sharing a context (tests, benchmarks, in-process use)
+    share one ``zmq.auth.thread.ThreadAuthenticator``, each under its own ZAP domain; it stops with the last."""
+
+    _shared: dict[int, list] = {}  # id(context) -> [ThreadAuthenticator, users]
+    _lock = threading.Lock()
+
+    def __init__(self, context: zmq.Context, allow_list: _FolderAllowList, domain: str) -> None:
         from zmq.auth.thread import ThreadAuthenticator
 
         self.allow_list = allow_list
-        self._auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
-        self._auth.start()
-        self._auth.configure_curve_callback("*", allow_list)
+        self.domain = domain
+        self._context_id: int | None = id(context)
+        with self._lock:
+            entry = self._shared.get(self._context_id)
+            if entry is None:
+                auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+                auth.start()
+                entry = self._shared[self._context_id] = [auth, 0]
+            entry[1] += 1
+            entry[0].configure_curve_callback(domain, allow_list)
 
     @property
     def refusals(self) -> int:
         return self.allow_list.refusals
 
     def stop(self) -> None:
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
+        with self._lock:
+            key, self._context_id = self._context_id, None
+            entry = self._shared.get(key) if key is not None else None
+            if entry is None:
+                return
+            entry[0].credentials_providers.pop(self.domain, None)
+            entry[1] -= 1
+            if entry[1] == 0:
+                entry[0].stop()
+                del self._shared[key]
 
 
 # --- client side -------------------------------------------------------------------------------------------------

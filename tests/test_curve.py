@@ -129,6 +129,34 @@ def test_a_key_dropped_into_the_allow_list_works_without_a_restart(backend, keys
         (keys / "clients" / "bob.key").unlink()
 
 
+def test_two_keyed_servers_in_one_process_keep_their_own_allow_lists(keys, tmp_path):
+    """One ZAP handler per ZeroMQ context: in-process servers share it, each under its own domain."""
+    from rerender.backend.server import Server
+
+    (tmp_path / "bob_only").mkdir()
+    shutil.copy(keys / "bob.key", tmp_path / "bob_only")
+    context = zmq.Context()  # its own: in-process servers must not share state with the other tests' clients
+    servers = [Server(None, "tcp://127.0.0.1:*", context=context,
+                      curve=security.ServerCurve.from_files(keys / "server.key_secret", folder))
+               for folder in (keys / "clients", tmp_path / "bob_only")]
+    threads = [server.start_in_thread() for server in servers]
+    try:
+        for server, allowed, refused in zip(servers, ("alice", "bob"), ("bob", "alice")):
+            with Client(server.bound_address, timeout=10, security=curve_for(keys, allowed),
+                        context=context) as client:
+                assert client.hello().protocol == protocol.PROTOCOL_VERSION
+            with Client(server.bound_address, timeout=5, security=curve_for(keys, refused),
+                        context=context) as client:
+                with pytest.raises(AuthenticationFailed):
+                    client.hello()
+    finally:
+        for server, thread in zip(servers, threads):
+            server.stop()
+            thread.join(10)
+        context.destroy(linger=0)
+    assert not security.ServerAuthenticator._shared, "the shared ZAP handler stops with the last server"
+
+
 # --- the address rule of `rerender serve` ---------------------------------------------------------------------
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
