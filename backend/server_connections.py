@@ -61,6 +61,7 @@ class ConnectionTracker:
 
     def __init__(self, router: zmq.Socket, *, budget: int, idle_timeout_s: float) -> None:
         self.monitor = router.get_monitor_socket(_EVENTS)
+        self._router = router
         self.budget = budget
         self.idle_timeout_s = idle_timeout_s
         self._connections: dict[int, _Connection] = {}
@@ -141,6 +142,12 @@ class ConnectionTracker:
             dup.close()
 
     def close(self) -> None:
+        # Stop the router's monitor before closing its PAIR: a monitor left running wedges the ZeroMQ context,
+        # and later sockets of the process (Context.instance() is shared) never connect.
+        try:
+            self._router.disable_monitor()
+        except zmq.ZMQError:
+            pass
         self.monitor.close(linger=0)
 
     def describe(self) -> dict[str, int]:
