@@ -396,6 +396,7 @@ class Server:
 
     def reply_stats(self, message: Message) -> list:
         """Per-op stage timings (medians, p90), the budget's use, queue, connections and worker health."""
+        self._connections.on_events()
         return encode_reply("stats", message.id, {
             "health": self.health_report(),
             "replies": self.requests_served, "batches": self._worker.batches_run,
