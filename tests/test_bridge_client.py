@@ -167,3 +167,29 @@ def test_serve_refuses_an_address_in_use_and_a_missing_bundle_with_clear_message
     assert busy.returncode == 2 and "another backend" in busy.stderr and echo_backends["tcp"].address in busy.stderr
     missing = _serve("--bundle", str(tmp_path / "nope"), "--address", free_tcp_address())
     assert missing.returncode == 2 and "no model bundle" in missing.stderr and "bundle init" in missing.stderr
+
+
+def test_a_reply_declaring_an_impossible_shape_is_a_protocol_error_not_a_crash():
+    def reply(header):
+        bad = {"op": header["op"], "v": protocol.PROTOCOL_VERSION, "id": header["id"], "ok": True, "params": {},
+               "arrays": [{"name": "image", "dtype": "uint8", "shape": [2**31, 2**31, 2**31, 0]}]}
+        return [msgpack.packb(bad), b""]
+
+    address, stop = _fake_peer(reply)
+    try:
+        with Client(address, timeout=5) as client, pytest.raises(protocol.ProtocolError, match="too_large"):
+            client.echo({"x": np.zeros(2, np.uint8)})
+    finally:
+        stop.set()
+
+
+def test_a_reply_without_the_image_is_a_protocol_error():
+    def reply(header):
+        return protocol.encode_reply(header["op"], header["id"], {}, {"not_image": np.zeros(3, np.uint8)})
+
+    address, stop = _fake_peer(reply)
+    try:
+        with Client(address, timeout=5) as client, pytest.raises(protocol.ProtocolError, match="no 'image'"):
+            client.rerender(DeepBuffer.empty(4, 4), np.zeros(8, np.float32))
+    finally:
+        stop.set()

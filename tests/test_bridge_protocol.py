@@ -191,3 +191,33 @@ def test_deep_buffers_beyond_the_served_size_are_refused_before_conversion():
     with pytest.raises(ProtocolError) as info:
         buffer_from_wire(wire)
     assert info.value.code == "too_large" and "16384" in info.value.message
+
+
+@pytest.mark.parametrize("reply", [False, True])
+def test_zero_dimensions_do_not_hide_an_impossible_extent(reply):
+    """[2**31, 2**31, 2**31, 0] declares 0 bytes (so an empty frame matches it) but numpy cannot build it: the
+    declaration is refused with a code on both sides of the wire, never a plain ValueError."""
+    header = {"op": "echo", "v": PROTOCOL_VERSION, "id": 4, "ok": True, "params": {},
+              "arrays": [{"name": "a", "dtype": "uint8", "shape": [2**31, 2**31, 2**31, 0]}]}
+    with pytest.raises(ProtocolError) as info:
+        decode([msgpack.packb(header), b""], reply=reply)
+    assert info.value.code == "too_large" and info.value.request_id == 4
+    header["arrays"][0]["shape"] = [0, 5, 7]  # an honest empty array still decodes
+    assert decode([msgpack.packb(header), b""], reply=reply).arrays["a"].shape == (0, 5, 7)
+
+
+def test_overloaded_error_replies_carry_a_retry_after():
+    message = decode(_frames_bytes(encode_error("rerender", 3, "overloaded", "busy", retry_after_ms=75)), reply=True)
+    assert message.error_code == "overloaded" and message.retry_after_ms == 75.0
+    exc = errors.remote_error("overloaded", "busy", 3, "rerender", retry_after=0.075)
+    assert isinstance(exc, errors.BackendBusy) and exc.retry_after == 0.075
+
+
+def test_request_sizes_are_checked_before_sending():
+    protocol.check_request_size({"color": np.zeros((8, 8, 3), np.uint8)}, max_frame_pixels=64)
+    with pytest.raises(ProtocolError, match="65 px|at most 64 px"):
+        protocol.check_request_size({"color": np.zeros((5, 13, 3), np.uint8)}, max_frame_pixels=64)
+    with pytest.raises(ProtocolError, match="16384"):
+        protocol.check_request_size({"color": np.zeros((1, 16385, 3), np.uint8)})
+    with pytest.raises(ProtocolError, match="arrays in one request"):
+        protocol.check_request_size({f"a{i}": np.zeros(1, np.uint8) for i in range(17)})
