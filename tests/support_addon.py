@@ -1,5 +1,6 @@
-"""Module-scoped fixtures for add-on tests against a real backend: import them into a test module with
-``from support_addon import addon, backend  # noqa: F401`` (pytest finds fixtures by name in the module)."""
+"""Module-scoped fixtures for add-on tests against a real backend (registered for every test module through
+conftest's ``pytest_plugins``; a module may define its own ``backend`` or ``addon`` to override them), and
+``one_point_shot`` for tests that only need something to render."""
 
 from __future__ import annotations
 
@@ -29,3 +30,36 @@ def addon(backend):
     prefs.timeout = 20.0
     yield module
     addon_utils.disable("rerender.addon", default_set=True)
+
+
+def one_point_shot(name: str, filepath: str):
+    """A minimal Rerender shot: one grey point 5 m in front of a camera, 32×32, writing to ``filepath``.
+
+    Returns ``(scene, objects)``; give both to :func:`remove_shot` afterwards."""
+    import math
+
+    import bpy
+    import numpy as np
+
+    from rerender.addon import points
+
+    scene = bpy.data.scenes.new(name)
+    scene.render.engine = "RERENDER"
+    scene.render.resolution_x = scene.render.resolution_y = 32
+    scene.render.resolution_percentage = 100
+    scene.render.filepath = str(filepath)
+    cloud = points.create_point_cloud(f"{name} cloud", np.array([[0.0, 5.0, 0.0]]), np.full((1, 3), 0.5), None,
+                                      scene.collection)
+    cam = bpy.data.objects.new(f"{name} cam", bpy.data.cameras.new(f"{name} cam"))
+    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    return scene, [cloud, cam]
+
+
+def remove_shot(scene, objects) -> None:
+    import bpy
+
+    bpy.data.scenes.remove(scene)
+    for obj in objects:
+        bpy.data.objects.remove(obj)

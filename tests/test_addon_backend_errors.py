@@ -7,14 +7,13 @@ bounded in time: nothing may wait longer than the timeout set in the preferences
 
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from support_addon import one_point_shot, remove_shot  # noqa: E402
 from support_backend import BackendProcess, free_tcp_address  # noqa: E402
 
 pytestmark = pytest.mark.blender
@@ -44,23 +43,9 @@ def prefs(addon):
 @pytest.fixture()
 def shot(addon, tmp_path):
     """A minimal shot (one point in front of a camera, 32x32) that writes PNGs into tmp_path."""
-    from rerender.addon import points
-
-    scene = bpy.data.scenes.new("rerender error shot")
-    scene.render.engine = "RERENDER"
-    scene.render.resolution_x = scene.render.resolution_y = 32
-    scene.render.resolution_percentage = 100
-    scene.render.filepath = str(tmp_path / "frame_")
-    cloud = points.create_point_cloud("error cloud", np.array([[0.0, 5.0, 0.0]]), np.full((1, 3), 0.5), None,
-                                      scene.collection)
-    cam = bpy.data.objects.new("error cam", bpy.data.cameras.new("error cam"))
-    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
-    scene.collection.objects.link(cam)
-    scene.camera = cam
+    scene, objects = one_point_shot("rerender error shot", tmp_path / "frame_")
     yield scene
-    bpy.data.scenes.remove(scene)
-    bpy.data.objects.remove(cloud)
-    bpy.data.objects.remove(cam)
+    remove_shot(scene, objects)
 
 
 def render_error(scene, *, animation: bool = False) -> tuple[str, float]:

@@ -225,33 +225,20 @@ def test_keys_are_zmq_certificates_with_a_private_secret_file(keys, tmp_path, ca
 @pytest.mark.blender
 def test_the_addon_renders_with_keys_from_its_preferences_and_explains_a_refusal(backend, keys, tmp_path):
     bpy = pytest.importorskip("bpy")
-    import math
-
     import addon_utils
 
-    from rerender.addon import connection, points
+    from rerender.addon import connection
     from rerender.addon.preferences import backend_settings
+    from support_addon import one_point_shot, remove_shot
 
     module = addon_utils.enable("rerender.addon", default_set=True)
     assert module is not None
     prefs = bpy.context.preferences.addons["rerender.addon"].preferences
-    scene = bpy.data.scenes.new("curve shot")
-    made = []
+    scene, objects = one_point_shot("curve shot", tmp_path / "curve.png")
     try:
         prefs.address, prefs.timeout = backend.address, 20.0
         prefs.server_key = security.load_public_key(keys / "server.key").decode()  # pasted as text
         prefs.client_key_file = str(keys / "alice.key_secret")
-        scene.render.engine = "RERENDER"
-        scene.render.resolution_x = scene.render.resolution_y = 32
-        scene.render.resolution_percentage = 100
-        scene.render.filepath = str(tmp_path / "curve.png")
-        cloud = points.create_point_cloud("curve cloud", np.array([[0.0, 5.0, 0.0]]), np.full((1, 3), 0.5), None,
-                                          scene.collection)
-        cam = bpy.data.objects.new("curve cam", bpy.data.cameras.new("curve cam"))
-        cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
-        scene.collection.objects.link(cam)
-        made += [cloud, cam]
-        scene.camera = cam
         bpy.ops.render.render(scene=scene.name, write_still=True)
         assert (tmp_path / "curve.png").is_file()
         assert connection.monitor.status.connected and connection.monitor.status.model == "test-small"
@@ -266,9 +253,7 @@ def test_the_addon_renders_with_keys_from_its_preferences_and_explains_a_refusal
     finally:
         connection.engine_link.invalidate()
         prefs.server_key = prefs.client_key_file = ""
-        bpy.data.scenes.remove(scene)
-        for obj in made:
-            bpy.data.objects.remove(obj)
+        remove_shot(scene, objects)
         addon_utils.disable("rerender.addon", default_set=True)
 
 
