@@ -101,11 +101,14 @@ def _load(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
 
 
 def load_secret_key_file(path: str | os.PathLike) -> tuple[bytes, bytes]:
-    """(public key, secret key), Z85, from a ``NAME.key_secret`` file."""
+    """(public key, secret key), Z85, from a ``NAME.key_secret`` file (a warning when others may read it)."""
     public, secret = _load(path)
     if secret is None:
         raise KeyFileError(f"{path} is a public key file; this needs the private one ({Path(path).stem}"
                            f"{SECRET_SUFFIX}), which stays on the machine it belongs to")
+    mode = Path(path).expanduser().stat().st_mode
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the private key %s is readable by other users of this machine: `chmod 600 %s`", path, path)
     return public, secret
 
 

@@ -87,6 +87,17 @@ def test_environment_variable_overrides_the_preference(prefs, monkeypatch):
     assert backend_settings().timeout == pytest.approx(TIMEOUT)
 
 
+def test_environment_variables_override_the_key_preferences(prefs, monkeypatch):
+    from rerender.addon.preferences import CLIENT_KEY_ENV, SERVER_KEY_ENV, backend_settings
+
+    prefs.server_key, prefs.client_key_file = "", ""
+    assert not backend_settings().uses_keys and backend_settings().curve() is None
+    monkeypatch.setenv(SERVER_KEY_ENV, "/shared/server.key")
+    monkeypatch.setenv(CLIENT_KEY_ENV, "/home/render/worker.key_secret")
+    settings = backend_settings()
+    assert (settings.server_key, settings.client_key_file) == ("/shared/server.key", "/home/render/worker.key_secret")
+
+
 def test_backend_without_a_model_says_to_start_it_with_a_bundle(prefs, shot):
     with BackendProcess(None, free_tcp_address()) as backend:  # --transport-only: hello and echo, no model
         prefs.address = backend.address

@@ -218,6 +218,19 @@ def test_keys_are_zmq_certificates_with_a_private_secret_file(keys, tmp_path, ca
     assert security.load_public_key(public_z85.decode()) == public_z85  # the 40 characters work as well
     with pytest.raises(security.KeyFileError, match="neither a 40-character public key nor a key file"):
         security.load_public_key("not a key")
+    (tmp_path / "garbage.key_secret").write_text("metadata\ncurve\n    public-key = \"short\"\n")
+    with pytest.raises(security.KeyFileError, match="no valid CURVE key"):
+        security.load_secret_key_file(tmp_path / "garbage.key_secret")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_private_key_others_can_read_is_used_with_a_warning(keys, tmp_path, caplog):
+    shared = tmp_path / "shared.key_secret"
+    shutil.copy(keys / "alice.key_secret", shared)
+    shared.chmod(0o644)
+    with caplog.at_level("WARNING", logger="rerender.bridge.security"):
+        assert security.load_secret_key_file(shared) == zmq.auth.load_certificate(shared)
+    assert "readable by other users" in caplog.text and "chmod 600" in caplog.text
 
 
 # --- the add-on with keys ---------------------------------------------------------------------------------------
