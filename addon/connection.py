@@ -272,7 +272,9 @@ def engine_client(settings: BackendSettings) -> tuple[Any, Any]:
         return engine_link.get(settings)
     except Exception as exc:  # noqa: BLE001
         engine_link.invalidate()
-        unreachable = isinstance(exc, bridge.errors.BackendUnavailable)
+        # A backend that refused our keys is there: starting a local one would not help.
+        unreachable = isinstance(exc, bridge.errors.BackendUnavailable) and \
+            not isinstance(exc, bridge.errors.AuthenticationFailed)
         if not (unreachable and settings.launch_on_render and settings.can_launch):
             status = BackendStatus("error", settings.address, explain(exc, settings), checked_at=time.time())
             monitor.publish(status)
