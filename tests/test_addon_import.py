@@ -153,6 +153,25 @@ def test_malformed_model_gives_clear_error_and_creates_nothing(tmp_path, scene, 
     assert _datablock_counts() == before
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.parametrize("name", ["cameras", "images", "points3D", "rigs", "frames"])
+def test_damaged_binaries_are_refused_fast_by_the_importer_and_create_nothing(tmp_path, scene, name, damage):
+    import time
+
+    ws = write_tiny_workspace(tmp_path / "ws", n_points=N).workspace
+    path = ws / "sparse" / "0" / f"{name}.bin"
+    if damage == "truncated":
+        _truncate(path)
+    else:
+        path.write_bytes(np.random.default_rng(7).integers(0, 256, path.stat().st_size, np.uint8).tobytes())
+    before = _datablock_counts()
+    started = time.perf_counter()
+    with pytest.raises(ci.ColmapImportError, match=f"{name}.bin"):
+        ci.import_reconstruction(ws, scene, undistort=True)
+    assert time.perf_counter() - started < 1.0
+    assert _datablock_counts() == before and not (ws / "rerender").exists()
+
+
 def test_not_a_colmap_folder(tmp_path, scene):
     (tmp_path / "holiday").mkdir()
     (tmp_path / "holiday" / "notes.txt").write_text("not a model")
