@@ -28,6 +28,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .allocator import keep_frame_buffers
+from .compression import choose_codec
 from .buffers import DeepBuffer
 from .errors import (
     CODE_OVERLOADED, AuthenticationFailed, BackendUnavailable, FrameTooLarge, InvalidAddress, ProtocolError,
@@ -70,17 +71,20 @@ class Client:
     times one call may re-send its in-flight requests after the backend dropped the connection; ``on_event``
     is called as ``on_event(kind, info)`` for ``"disconnected"`` / ``"resent"`` (the add-on shows these).
     A request answered ``overloaded`` is re-sent after a backoff (``bridge.retry``) for up to ``overload_patience``
-    seconds before :class:`~.errors.BackendBusy` is raised.
+    seconds before :class:`~.errors.BackendBusy` is raised. ``compression`` ("auto", "zstd", "zlib"; default none)
+    compresses the requests' large frames, for a backend across a slow network (bridge/compression.py).
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, *, reconnects: int = 3,
                  on_event: EventCallback | None = None, context: zmq.Context | None = None,
-                 security: ClientCurve | None = None, overload_patience: float = 120.0) -> None:
+                 security: ClientCurve | None = None, overload_patience: float = 120.0,
+                 compression: str | None = None) -> None:
         if not isinstance(address, str) or "://" not in address:
             raise InvalidAddress(f"bridge address must look like tcp://HOST:PORT or ipc:///path, got {address!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         keep_frame_buffers()  # frame-sized replies reuse freed memory instead of faulting fresh pages in
+        self.compression = choose_codec(compression)  # requests' large frames; for a backend across a network
         self.address = address
         self.timeout = float(timeout)
         self.reconnects = int(reconnects)
@@ -424,7 +428,8 @@ class Client:
                                max_frame_pixels=self.server_limits.get("max_frame_pixels"))
         except ProtocolError as err:
             raise FrameTooLarge(err.code, f"not sent to {self.address}: {err.message}", op=request.op) from None
-        frames = encode_request(request.op, request_id, request.params, request.arrays)
+        codec = None if request.op == "echo" else self.compression  # echo measures the raw transport
+        frames = encode_request(request.op, request_id, request.params, request.arrays, codec=codec)
         try:
             self._socket.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
+from . import compression
 from .buffers import DeepBuffer
 from .colors import linear_to_srgb8, srgb8_to_linear
 from .errors import (
@@ -84,9 +85,10 @@ class Message:
 
 # --------------------------------------------------------------------------------------------------- encoding
 def encode_request(op: str, request_id: int, params: dict[str, Any] | None = None,
-                   arrays: dict[str, np.ndarray] | None = None) -> list:
-    """Frames of a request: ``[header, *array_frames]``, ready for ``send_multipart(copy=False)``."""
-    return _encode({"op": op, "v": PROTOCOL_VERSION, "id": request_id, "params": params or {}}, arrays)
+                   arrays: dict[str, np.ndarray] | None = None, *, codec: str | None = None) -> list:
+    """Frames of a request: ``[header, *array_frames]``, ready for ``send_multipart(copy=False)``; ``codec``
+    compresses the large array frames (bridge/compression.py)."""
+    return _encode({"op": op, "v": PROTOCOL_VERSION, "id": request_id, "params": params or {}}, arrays, codec)
 
 
 def encode_reply(op: str | None, request_id: int | None, params: dict[str, Any] | None = None,
@@ -105,7 +107,7 @@ def encode_error(op: str | None, request_id: int | None, code: str, message: str
     return _encode(header, None)
 
 
-def _encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> list:
+def _encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None, codec: str | None = None) -> list:
     specs, frames = [], []
     for name, array in (arrays or {}).items():
         a = np.asarray(array)
@@ -115,7 +117,11 @@ def _encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> lis
                             f"convert it to one of {sorted(WIRE_DTYPES)}")
         a = np.ascontiguousarray(a, dtype=WIRE_DTYPES[wire_name])
         specs.append({"name": name, "dtype": wire_name, "shape": list(a.shape)})
-        frames.append(a)
+        if codec is not None and a.nbytes >= compression.MIN_BYTES:
+            specs[-1]["codec"] = codec
+            frames.append(compression.compress(codec, a))
+        else:
+            frames.append(a)
     header["arrays"] = specs
     return [msgpack.packb(header, use_bin_type=True), *frames]
 
@@ -257,8 +263,13 @@ def _decode_arrays(specs: list, frames: Sequence[Any], limits: Limits) -> dict[s
     if total > limits.max_message_bytes:
         raise ProtocolError(CODE_TOO_LARGE,
                             f"the arrays declare {total} bytes in all, the limit is {limits.max_message_bytes}")
-    for (name, dtype, shape, nbytes), frame in zip(checked, frames):
+    for (name, dtype, shape, nbytes), spec, frame in zip(checked, specs, frames):
         data = _bytes_view(frame)
+        if spec.get("codec") is not None:  # the declared size was checked above; decompression cannot exceed it
+            try:
+                data = memoryview(compression.decompress(str(spec["codec"])[:16], data, nbytes))
+            except ValueError as exc:
+                raise ProtocolError(CODE_BAD_ARRAY, f"array {name!r}: {exc}") from None
         if len(data) != nbytes:
             raise ProtocolError(CODE_BAD_ARRAY,
                                 f"array {name!r} declares {dtype.name}{list(shape)} = {nbytes} bytes but its "
