@@ -111,3 +111,22 @@ def test_sigterm_checkpoints_and_resume_continues_with_the_stored_settings(tmp_p
     assert steps[-1] > stopped_at and [x["phase"] for x in lines][-1] == "semantic"
     assert json.loads((run / "train_config.json").read_text())["steps_stage1"] == 2  # stored settings kept
     _serves(run / "bundle", dataset)
+
+
+def test_explicit_settings_that_take_hours_are_warned_up_front(tmp_path, caplog):
+    import argparse
+
+    from rerender.training.commands.train import _warn_if_long
+    from rerender.training.distributed import DistContext
+
+    dataset = make_dataset(tmp_path / "d", n_train=4, n_val=1)
+    args = argparse.Namespace(dataset=dataset, method="staged")
+    config = TrainConfig.tiny(steps_stage2=10 ** 7, triplet_margin=10.0)
+    with caplog.at_level("WARNING", logger="rerender.train"):
+        _warn_if_long(args, config, DistContext())
+    text = caplog.text
+    assert "estimated training time on cpu" in text and "--time 15m" in text and "h" in text.split("time on cpu:")[1]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rerender.train"):
+        _warn_if_long(args, TrainConfig.tiny(), DistContext())  # a few steps: no probe, no warning
+    assert "estimated" not in caplog.text

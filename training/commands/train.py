@@ -113,6 +113,10 @@ def _sigterm_checkpoints() -> None:
 def _warn_if_long(args, config, ctx) -> None:
     """Time a few steps of these settings and warn, with the ETA, when the run would take more than a few hours."""
     from rerender.training.budget import WARN_SECONDS, estimate_seconds, format_seconds, measure_steps
+    slowest_step = 120.0  # seconds: more than the paper's settings take per step on a laptop CPU
+    if estimate_seconds(config, {p: slowest_step for p in ("appearance", "rerender", "finetune", "semantic",
+                                                           "bicycle")}, args.method) < WARN_SECONDS:
+        return  # so few steps that no device takes hours: not worth timing
     per_step = measure_steps(args.dataset, config, args.method, ctx, repeats=1)
     eta = estimate_seconds(config, per_step, args.method)
     main = per_step.get("rerender", per_step.get("bicycle", 0.0))
