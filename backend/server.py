@@ -309,6 +309,7 @@ class Server:
         job = Job(bytes(identity.bytes), message.id, spec, params, message.arrays, frames, nbytes, size, fd=fd)
         job.timings["receive"] = (time.perf_counter() - started) * 1000
         self._worker.submit(job)
+        log.debug("id=%s op=%s %dx%d queued (%d ahead)", message.id, spec.name, *size, queued)
 
     def _overloaded(self, why: str, retry_after_ms: float) -> ProtocolError:
         self.refused_overloaded += 1
@@ -369,9 +370,8 @@ class Server:
             job.timings["send"] = (time.perf_counter() - started) * 1000
             job.timings["total"] = (time.perf_counter() - job.received) * 1000 + job.timings.get("receive", 0.0)
             self.timings.add(job.spec.name, job.timings)
-            if self.log_timings:
-                log.info("id=%s op=%s %dx%d %s", job.request_id, job.spec.name, *job.size,
-                         format_timings(job.timings))
+            log.log(logging.INFO if self.log_timings else logging.DEBUG, "id=%s op=%s %dx%d batch=%s %s",
+                    job.request_id, job.spec.name, *job.size, job.timings.get("batch", 1), format_timings(job.timings))
 
     # ------------------------------------------------------------------------------------- I/O-thread ops
     def reply_hello(self, message: Message) -> list:

@@ -287,12 +287,11 @@ class ComputeWorker:
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(jobs))
         for job, result in zip(jobs, results):
-            job.timings.update(stages)
+            job.timings.update(stages, batch=len(jobs))
             job.timings["decode"] = job.timings.get("decode", 0.0) + device_decode
             shown = {k: round(v, 3) for k, v in job.timings.items()}
             try:
-                frames = encode_reply(spec.name, job.request_id, {"timings_ms": {**shown, "batch": len(jobs)}},
-                                      result)
+                frames = encode_reply(spec.name, job.request_id, {"timings_ms": shown}, result)
             except Exception as exc:
                 self._fail_exception(job, exc, "encoding the reply of")
                 continue

@@ -270,7 +270,7 @@ class Client:
         while request_id not in self._ready:
             now = time.monotonic()
             remaining = self.timeout - (now - self._async_progress)
-            if remaining <= 0:
+            if remaining <= 0 and not self._reply_waiting():  # a caller slower than the timeout is not a dead backend
                 lost = tuple(self._async)
                 self._async.clear()
                 self._ready.clear()
@@ -371,7 +371,7 @@ class Client:
             if exhausted and not pending and not retry:
                 return
             remaining = self.timeout - (time.monotonic() - last_progress)
-            if remaining <= 0:
+            if remaining <= 0 and not self._reply_waiting():  # a caller slower than the timeout is not a dead backend
                 lost = tuple(sorted(r.index for r in [*pending.values(), *retry.requests()]))
                 self._reopen()  # drop whatever the dead/hung peer may still send
                 raise BackendUnavailable(self.address, self.timeout,
@@ -411,6 +411,12 @@ class Client:
             log.debug("request %d (%s) refused as overloaded; retrying", request_id, request.op)
             return True
         return False
+
+    def _reply_waiting(self) -> bool:
+        try:
+            return bool(self._socket.poll(0))
+        except zmq.ZMQError as exc:
+            raise TransportError(f"waiting for {self.address} failed: {exc}") from exc
 
     def _poll(self, timeout_ms: int) -> dict:
         """Wait for a reply or a connection event; ZeroMQ's failures become TransportError."""

@@ -126,6 +126,10 @@ class RecordingRuntime:
         self.latents.extend(np.array(z, np.float32) for z in np.asarray(latents))
         return self._runtime.rerender(buffers, latents, **kwargs)
 
+    def rerender_wire(self, wires, latents, **kwargs):  # the server's path: wire arrays straight to the runtime
+        self.latents.extend(np.array(z, np.float32) for z in np.asarray(latents))
+        return self._runtime.rerender_wire(wires, latents, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self._runtime, name)
 
