@@ -68,8 +68,26 @@ def test_evaluate_writes_table_json_and_contact_sheet(trained, tmp_path, vgg):
     table = (tmp_path / "ev" / "metrics.md").read_text()
     assert "| VGG ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ |" in table and "not comparable to the paper" in table
     assert result.vgg_weights == vgg.weights_name
+    # rows are named by method; random VGG weights give no VGG number at all; 2 held-out views get the caveat
+    row = next(line for line in table.splitlines() if line.startswith("| +Sem+StagedApp"))
+    assert row.split("|")[3].strip() == "n/a †" and "bundle" not in row
+    assert "no ImageNet VGG19 weights" in table and "only 2 held-out views" in table
     sheet = np.asarray(Image.open(tmp_path / "ev" / "contact_sheet.png"))
-    assert sheet.shape[0] == 2 * 128 and sheet.shape[1] == 4 * 160  # 2 views x (buffer|seg|output|photo)
+    # 2 views x (buffer|seg|output|photo), 64x80 views enlarged to tiles of 256x320
+    assert sheet.shape[0] == 2 * 256 and sheet.shape[1] == 4 * 320
+
+
+def test_table_rows_by_method_and_marks(tmp_path):
+    from rerender.training.evaluate import EvalResult, table1_markdown
+
+    views = [{"name": f"v{i}", "vgg": 0.5, "l1": 10.0, "psnr": 20.0, "ssim": 0.5} for i in range(12)]
+    mean = {"vgg": 0.5, "l1": 10.0, "psnr": 20.0, "ssim": 0.5}
+    imagenet = EvalResult(views, mean, "imagenet-vgg19", "runs/a/bundle", "D", method="i2i")
+    features = EvalResult(views, mean, "espnet-encoder-features", "runs/b/bundle", "D", method="staged")
+    table = table1_markdown([(imagenet.label, imagenet), (features.label, features)])
+    assert "| I2I | 12 | 0.5000 |" in table and "| +Sem+StagedApp (staged, ours) | 12 | 0.5000 ‡ |" in table
+    assert "‡ VGG column computed with espnet-encoder-features" in table
+    assert "Caveat" not in table and "†" not in table.replace("‡", "")
 
 
 def test_evaluate_command_bad_input(trained, tmp_path, capsys):

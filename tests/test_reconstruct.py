@@ -115,3 +115,28 @@ def test_collapsed_models_are_recognised_as_degenerate(sfm):
     for pid in rec.point3D_ids():  # what a bad initial pair produced on real photos: every point at one spot
         rec.point3D(pid).xyz = np.array([1.0, 2.0, 3.0]) + 1e-6 * rng.random(3)
     assert is_degenerate(rec)
+
+
+def test_split_models_get_sizes_and_advice():
+    from rerender.training.reconstruct import ReconstructionSummary, split_advice
+
+    advice = "\n".join(split_advice([26, 6, 4, 2, 2], "vocabtree", "per_image"))
+    assert "5 separate models (26, 6, 4, 2, 2 photos)" in advice and "kept the largest (26 photos)" in advice
+    assert "--matcher exhaustive" in advice and "--camera-mode single" in advice and "overlap" in advice
+    assert "--matcher" not in "\n".join(split_advice([10, 3], "exhaustive", "single"))
+    summary = ReconstructionSummary(photos_found=40, registered=26, models_found=5, model_sizes=[26, 6, 4, 2, 2],
+                                    matcher="exhaustive", camera_mode="per_image")
+    assert "26, 6, 4, 2, 2 photos" in summary.to_text()
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_single_camera_failure_says_what_failed(sfm, tmp_path):
+    from rerender.training.reconstruct import match_statistics, no_model_message
+
+    _, ws, _ = sfm
+    with_features, pairs = match_statistics(ws / "database.db")
+    assert with_features >= 14 and pairs >= 20
+    text = no_model_message([f"p{i}" for i in range(16)], ws / "database.db", "single", "exhaustive")
+    assert "the photos do match" in text and "--camera-mode per_image" in text and "too few matching" not in text
+    assert f"{pairs} photo pairs" in text

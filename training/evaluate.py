@@ -26,6 +26,12 @@ from .data import DatasetError, load_view, read_manifest
 from .vgg import VGG19Features, load_vgg19
 
 COLUMNS = ("vgg", "l1", "psnr", "ssim")
+#: fewer held-out views than this and the table gets a caveat: differences are within noise
+MIN_CONCLUSIVE_VIEWS = 10
+#: the shorter side of a contact-sheet tile (small views are enlarged, nearest-neighbour, to be legible)
+TILE_MIN_SIDE = 256
+#: the paper's names of the methods (Table 1 rows)
+METHOD_NAMES = {"staged": "+Sem+StagedApp (staged, ours)", "i2i": "I2I", "sem": "+Sem", "bicycle": "+Sem+BaseApp"}
 
 
 @dataclass
@@ -35,27 +41,56 @@ class EvalResult:
     vgg_weights: str
     bundle: str
     dataset: str
+    method: str = ""  # the bundle's training method (its notes), names the table row
 
     def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "dataset": self.dataset, "vgg_weights": self.vgg_weights,
-                "count": len(self.per_view), "mean": self.mean, "views": self.per_view}
+        return {"bundle": self.bundle, "dataset": self.dataset, "method": self.method,
+                "vgg_weights": self.vgg_weights, "count": len(self.per_view), "mean": self.mean,
+                "views": self.per_view}
+
+    @property
+    def label(self) -> str:
+        """The row name: the paper's name of the bundle's method, else the bundle folder's name."""
+        return METHOD_NAMES.get(self.method, self.method) or Path(self.bundle).name
 
     def markdown(self, label: str | None = None) -> str:
         """The paper's Table 1 columns (VGG, L1, PSNR) plus SSIM, for this bundle."""
-        return table1_markdown([(label or Path(self.bundle).name, self)])
+        return table1_markdown([(label or self.label, self)])
+
+
+def _vgg_cell(result: EvalResult) -> str:
+    if result.vgg_weights.startswith("imagenet"):
+        return f"{result.mean['vgg']:.4f}"
+    if result.vgg_weights.startswith("random"):
+        return "n/a †"  # distances in a random network's feature space measure nothing
+    return f"{result.mean['vgg']:.4f} ‡"
 
 
 def table1_markdown(rows: list[tuple[str, EvalResult]]) -> str:
-    """One Table 1 (VGG, L1, PSNR, SSIM) with a row per model, so methods compare side by side."""
+    """One Table 1 (VGG, L1, PSNR, SSIM) with a row per model, so methods compare side by side.
+
+    The VGG column holds numbers only with ImageNet VGG19 weights; without them it is marked (random weights: no
+    number at all; other trained features: the number with a mark), and a caveat follows when fewer than
+    ``MIN_CONCLUSIVE_VIEWS`` views were held out."""
     lines = ["| Model | Views | VGG ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ |", "|---|---|---|---|---|---|"]
     for label, result in rows:
         m = result.mean
-        lines.append(f"| {label} | {len(result.per_view)} | {m['vgg']:.4f} | {m['l1']:.2f} | {m['psnr']:.2f} | "
+        lines.append(f"| {label} | {len(result.per_view)} | {_vgg_cell(result)} | {m['l1']:.2f} | {m['psnr']:.2f} | "
                      f"{m['ssim']:.4f} |")
-    weights = {result.vgg_weights for _, result in rows}
-    note = "".join(f"\n\nVGG column computed with {w}: not comparable to the paper."
-                   for w in sorted(weights) if not w.startswith("imagenet"))
-    return "\n".join(lines) + note + "\n"
+    notes = []
+    weights = sorted({result.vgg_weights for _, result in rows})
+    if any(w.startswith("random") for w in weights):
+        notes.append("† no ImageNet VGG19 weights were found, so no VGG distance is reported (a randomly initialised "
+                     "network's distances mean nothing); pass `--vgg-weights vgg19-dcbb9e9d.pth`. The table is "
+                     "not comparable to the paper.")
+    notes += [f"‡ VGG column computed with {w}: not comparable to the paper." for w in weights
+              if not w.startswith(("imagenet", "random"))]
+    fewest = min((len(result.per_view) for _, result in rows), default=0)
+    if fewest < MIN_CONCLUSIVE_VIEWS:
+        notes.append(f"Caveat: only {fewest} held-out view{'s' if fewest != 1 else ''}; with fewer than "
+                     f"{MIN_CONCLUSIVE_VIEWS} the means are noisy and small differences between rows are not "
+                     f"evidence (hold out more: `rerender dataset --val-count {MIN_CONCLUSIVE_VIEWS}`).")
+    return "\n".join(lines) + "".join(f"\n\n{n}" for n in notes) + "\n"
 
 
 def _with_labels(buffer: DeepBuffer, segmentation: np.ndarray) -> DeepBuffer:
@@ -68,15 +103,17 @@ def _palette_image(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> n
     return lut[labels]
 
 
-def contact_sheet(rows: list[tuple[np.ndarray, ...]], height: int = 128) -> np.ndarray:
-    """Rows of equal-height tiles (buffer | segmentation | output | photo), each scaled to ``height``."""
+def contact_sheet(rows: list[tuple[np.ndarray, ...]], min_side: int = TILE_MIN_SIDE) -> np.ndarray:
+    """Rows of tiles (buffer | segmentation | output | photo); tiles whose shorter side is below ``min_side`` are
+    enlarged (nearest neighbour: pixels stay pixels) so that it is ``min_side``."""
     out = []
     for tiles in rows:
         scaled = []
         for t in tiles:
             h, w = t.shape[:2]
-            scaled.append(np.asarray(Image.fromarray(t).resize((max(1, round(w * height / h)), height),
-                                                               Image.NEAREST)))
+            s = max(1.0, min_side / min(h, w))
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            scaled.append(np.asarray(Image.fromarray(t).resize(size, Image.NEAREST)) if s > 1 else t)
         out.append(np.concatenate(scaled, axis=1))
     width = max(r.shape[1] for r in out)
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in out], axis=0)
@@ -109,7 +146,8 @@ def evaluate(bundle_path: str | Path, dataset_root: str | Path, out_dir: str | P
         color = linear_to_srgb8(view.buffer.color.astype(np.float32))
         sheet.append((color, _palette_image(view.segmentation, palette), output, view.photo))
     mean = {k: float(np.mean([r[k] for r in per_view])) for k in COLUMNS}
-    result = EvalResult(per_view, mean, vgg.weights_name, str(bundle_path), str(dataset_root))
+    result = EvalResult(per_view, mean, vgg.weights_name, str(bundle_path), str(dataset_root),
+                        method=str(bundle.config.notes.get("method", "")))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -36,6 +36,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 EXHAUSTIVE_LIMIT = 200
 MIN_PHOTOS = 3
 MAPPING_ATTEMPTS = 3
+MIN_PAIR_INLIERS = 15  # COLMAP's default for a verified two-view geometry
 
 
 class ReconstructionError(RuntimeError):
@@ -52,6 +53,9 @@ class ReconstructionSummary:
     mean_reprojection_error_px: float = float("nan")
     mean_track_length: float = float("nan")
     models_found: int = 0
+    model_sizes: list[int] = field(default_factory=list)  # registered photos per model the mapper found, largest first
+    matcher: str = ""
+    camera_mode: str = "per_image"
     dense: bool = False
     dense_points: int = 0
     dense_note: str = ""
@@ -64,7 +68,7 @@ class ReconstructionSummary:
                  f"{self.points} sparse points, mean reprojection error {self.mean_reprojection_error_px:.3f} px, "
                  f"mean track length {self.mean_track_length:.2f}"]
         if self.models_found > 1:
-            lines.append(f"the mapper found {self.models_found} separate models; kept the largest")
+            lines += split_advice(self.model_sizes, self.matcher, self.camera_mode)
         if self.unregistered:
             lines.append(f"not registered: {', '.join(self.unregistered[:20])}"
                          + (" …" if len(self.unregistered) > 20 else ""))
@@ -73,6 +77,58 @@ class ReconstructionSummary:
         lines.append(f"dense cloud: {self.dense_points} points" if self.dense else f"dense cloud: none — {self.dense_note}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def split_advice(model_sizes: list[int], matcher: str, camera_mode: str) -> list[str]:
+    """What to say when the mapper split the photos into several models: their sizes and what to try."""
+    sizes = ", ".join(str(n) for n in model_sizes)
+    lines = [f"the mapper found {len(model_sizes)} separate models ({sizes} photos); kept the largest "
+             f"({model_sizes[0]} photos), the others' photos are not in the workspace. To join them, try:",
+             "  - more photos that overlap the gaps between the groups (views between them, at similar distance)"]
+    if matcher != "exhaustive":
+        lines.append(f"  - --matcher exhaustive (this run matched with {matcher}: some overlapping pairs were never "
+                     f"compared)")
+    other = "single" if camera_mode == "per_image" else "per_image"
+    lines.append(f"  - --camera-mode {other} (" + ("if every photo comes from one camera at one zoom, a shared camera "
+                                                   "is better constrained)" if other == "single" else
+                                                   "photos from several cameras cannot share one camera)"))
+    return lines
+
+
+def match_statistics(db_path: Path) -> tuple[int, int]:
+    """(photos with features, photo pairs with at least ``MIN_PAIR_INLIERS`` geometrically verified matches)."""
+    import numpy as np
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        with_features = sum(1 for image in db.read_all_images() if db.num_keypoints_for_image(image.image_id) > 0)
+        _, inliers = db.read_two_view_geometry_num_inliers()
+        return with_features, int((np.asarray(inliers) >= MIN_PAIR_INLIERS).sum())
+    finally:
+        db.close()
+
+
+def no_model_message(names: list[str], db: Path, camera_mode: str, matcher: str) -> str:
+    """Why no photo registered, from the database: no features, no matching pairs, or a mapper that found pairs
+    but could not start (with one shared camera, the usual cause is photos from several cameras)."""
+    try:
+        with_features, pairs = match_statistics(db)
+    except Exception as exc:  # a broken database is reported, not masked
+        return f"no photo could be registered ({len(names)} tried) and the feature database {db} is unreadable ({exc})"
+    head = f"no photo could be registered ({len(names)} tried, {with_features} with features, {pairs} photo pairs " \
+           f"with at least {MIN_PAIR_INLIERS} verified matches)"
+    if with_features < 2:
+        return f"{head}: SIFT found no features; are the photos blank, tiny or heavily compressed?"
+    if pairs == 0:
+        return (f"{head}: the photos share too few matching features. Use more photos with overlapping views of the "
+                f"same place" + ("" if matcher == "exhaustive" else ", or --matcher exhaustive")
+                + f"; the feature database {db} is kept")
+    if camera_mode == "single":
+        return (f"{head}: the photos do match, but the mapper could not build a model with ONE camera shared by all "
+                f"photos (--camera-mode single): photos from different cameras or zoom settings cannot share one "
+                f"focal length and distortion. Use --camera-mode per_image (the default for tourist photos)")
+    return (f"{head}: the photos do match, but the mapper found no pair to start from (too little parallax or too "
+            f"few inliers between any two photos). Add photos taken from different positions around the place")
 
 
 def list_photos(photos: Path) -> tuple[list[str], list[dict]]:
@@ -233,9 +289,9 @@ def reconstruct(photos: str | Path, workspace: str | Path, *, matcher: str = "au
     if not models:
         summary.unregistered = names
         _write_summary(ws, summary)
-        raise ReconstructionError(
-            f"no photo could be registered ({len(names)} tried): the photos share too few matching features. "
-            f"Use more photos with overlapping views of the same place; the feature database {db} is kept")
+        raise ReconstructionError(no_model_message(names, db, camera_mode, method))
+    summary.model_sizes = sorted((m.num_reg_images() for m in models.values()), reverse=True)
+    summary.matcher, summary.camera_mode = method, camera_mode
     best_id = max(models, key=lambda k: models[k].num_reg_images())
     model = models[best_id]
     registered = {model.image(i).name for i in model.reg_image_ids()}

@@ -24,17 +24,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pycolmap
 
+    from rerender.training.native_output import native_output_to
     from rerender.training.reconstruct import ReconstructionError, reconstruct
 
-    if not getattr(args, "verbose", 0):
+    verbose = getattr(args, "verbose", 0)
+    if not verbose:
         pycolmap.logging.minloglevel = 1  # COLMAP's per-image INFO lines drown the progress bar; -v shows them
+    native_log = None if verbose else args.out / "rerender" / "colmap.log"
     try:
-        summary = reconstruct(args.photos, args.out, matcher=args.matcher, vocab_tree=args.vocab_tree,
-                              camera_mode=args.camera_mode, max_image_size=args.max_image_size, dense=args.dense,
-                              progress=not args.no_progress)
+        # COLMAP's and Ceres' warnings (dozens per mapping) go to the log file; -v shows them
+        with native_output_to(native_log, (1, 2)):
+            summary = reconstruct(args.photos, args.out, matcher=args.matcher, vocab_tree=args.vocab_tree,
+                                  camera_mode=args.camera_mode, max_image_size=args.max_image_size,
+                                  dense=args.dense, progress=not args.no_progress)
     except ReconstructionError as exc:
         print(f"rerender reconstruct: {exc}", file=sys.stderr)
         return 2
     print(summary.to_text())
-    print(f"workspace: {args.out} (summary in {args.out / 'rerender' / 'reconstruction.json'})")
+    print(f"workspace: {args.out} (summary in {args.out / 'rerender' / 'reconstruction.json'}"
+          + (f", COLMAP's log in {native_log})" if native_log else ")"))
     return 0
