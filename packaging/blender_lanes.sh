@@ -5,6 +5,7 @@
 #
 #   packaging/blender_lanes.sh setup [LANE...]   create/refresh .venv-blender-LANE (default: all lanes)
 #   packaging/blender_lanes.sh test  [LANE...]   run the lane test set (pytest -m lane) in each lane, in parallel
+#                                                (LANE_PYTEST_ARGS="-k deep_buffer" narrows it; logs in .lanes/)
 #   packaging/blender_lanes.sh list              the lanes and their bpy/Python versions
 #
 # Lanes: 4.5 (bpy 4.5.15, Python 3.11), 5.2 (bpy 5.2.3, Python 3.13), 5.3 (bpy 5.3.0, Python 3.13). Blender 5.0.1 is
@@ -14,6 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A BPY=([4.5]=4.5.15 [5.2]=5.2.3 [5.3]=5.3.0)
+# The Blender-side test files; within them only the tests marked `lane` run (the main suite runs all of them on 5.0.1
+# and every Blender-free test once).
+LANE_TESTS=(tests/test_blender_versions.py tests/test_deep_buffer.py tests/test_engine.py tests/test_batch_render.py
+            tests/test_packaging.py)
 declare -A PY=([4.5]=3.11 [5.2]=3.13 [5.3]=3.13)
 ALL_LANES=(4.5 5.2 5.3)
 
@@ -40,12 +45,19 @@ setup_lane() {
   echo "lane $lane: $venv (bpy ${BPY[$lane]}, Python ${PY[$lane]})"
 }
 
-test_lane() {  # one lane's tests; output in .lanes/LANE.log
+test_lane() {  # one lane's tests; output in .lanes/LANE.log, measured numbers in .lanes/report/
   local lane=$1 venv=".venv-blender-$1"
   [ -x "$venv/bin/python" ] || { echo "lane $lane is not set up: packaging/blender_lanes.sh setup $lane" >&2; return 1; }
-  mkdir -p .lanes
-  RERENDER_BACKEND_PYTHON="$PWD/.venv/bin/python" RERENDER_LANE="$lane" \
-    "$venv/bin/python" -m pytest -m lane -p no:cacheprovider -q "${PYTEST_ARGS[@]}" >".lanes/$lane.log" 2>&1
+  local started=$SECONDS rc=0
+  # Warnings as errors: a DeprecationWarning raised by the add-on fails the lane (5.3 deprecates APIs 6.0 drops).
+  # /usr/bin/time notes the CPU seconds (user + system, children included) in .lanes/LANE.cpu.
+  RERENDER_BACKEND_PYTHON="$PWD/.venv/bin/python" RERENDER_EXTENSION_DIST="$PWD/.lanes/dist" \
+    RERENDER_LANE_REPORT_DIR="$PWD/.lanes/report" \
+    /usr/bin/time -o ".lanes/$lane.cpu" -f "%U %S" \
+    "$venv/bin/python" -m pytest -m lane -p no:cacheprovider -q --durations=8 -W error::DeprecationWarning \
+    "${LANE_TESTS[@]}" "${PYTEST_ARGS[@]}" >".lanes/$lane.log" 2>&1 || rc=$?
+  echo "$((SECONDS - started))" >".lanes/$lane.seconds"
+  return "$rc"
 }
 
 cmd=${1:-list}; shift || true
@@ -60,12 +72,18 @@ case "$cmd" in
   setup) for lane in "${lanes[@]}"; do setup_lane "$lane"; done ;;
   test)
     [ -x .venv/bin/python ] || { echo "the main .venv (the backend) is missing: ./setup.sh" >&2; exit 1; }
+    mkdir -p .lanes
+    rm -rf .lanes/report
+    # The extension zips, built once with the main environment's Blender tool; every lane installs these.
+    .venv/bin/python packaging/build_extension.py --out .lanes/dist --wheel-cache .lanes/wheels >.lanes/build.log 2>&1 ||
+      { echo "building the extension failed:"; tail -n 20 .lanes/build.log; exit 1; } >&2
     declare -A pids
     for lane in "${lanes[@]}"; do test_lane "$lane" & pids[$lane]=$!; done
     rc=0
     for lane in "${lanes[@]}"; do
       if wait "${pids[$lane]}"; then status=passed; else status=FAILED; rc=1; fi
-      echo "lane $lane (bpy ${BPY[$lane]}): $status — $(tail -n 1 ".lanes/$lane.log")"
+      cpu=$(awk '{printf "%.0f", $1 + $2}' ".lanes/$lane.cpu" 2>/dev/null || echo "?")
+      echo "lane $lane (bpy ${BPY[$lane]}): $status in $(cat ".lanes/$lane.seconds") s ($cpu CPU s) — $(grep -E "passed|failed|error" ".lanes/$lane.log" | tail -n 1)"
     done
     exit "$rc" ;;
   *) echo "usage: packaging/blender_lanes.sh [list|setup|test] [LANE...]" >&2; exit 2 ;;
