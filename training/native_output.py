@@ -75,3 +75,44 @@ def quiet_import_bpy(log_path: str | Path | None, enabled: bool = True):
     with native_output_to(log_path, (1, 2), enabled):
         import bpy
     return bpy
+
+
+class _OncePerText(logging.Filter):
+    """Lets each warning text through once: a RuntimeWarning and the log line that repeats it, or the same
+    fallback announced by every trainer a command builds, become one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = record.getMessage()
+        if record.name == "py.warnings":  # "file:line: RuntimeWarning: TEXT\n  source line"
+            head = text.split("\n", 1)[0]
+            text = head.split("Warning: ", 1)[1] if "Warning: " in head else head
+        key = text.strip()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def warnings_once(enabled: bool = True) -> Iterator[None]:
+    """Python warnings go through logging, and a warning text already shown is not shown again (``-v``: off)."""
+    if not enabled:
+        yield
+        return
+    once = _OncePerText()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(once)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for h in handlers:
+            h.removeFilter(once)

@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rerender.training.class_shares import RemapError, parse_remap
     from rerender.training.dataset_builder import DatasetError, DatasetOptions, build_dataset
+    from rerender.training.native_output import warnings_once
     from rerender.training.segmentation import SegmentationError
 
     try:
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                              segmenter_weights=str(args.segmenter_weights) if args.segmenter_weights else None,
                              segmenter_checkpoint=args.segmenter, segmenter_sha256=args.segmenter_sha256,
                              remap=parse_remap(args.remap), quiet=not getattr(args, "verbose", 0))
-        report = build_dataset(args.workspace, args.out, opt, progress=not args.no_progress)
+        with warnings_once(not getattr(args, "verbose", 0)):
+            report = build_dataset(args.workspace, args.out, opt, progress=not args.no_progress)
     except (DatasetError, SegmentationError, RemapError) as exc:
         print(f"rerender dataset: {exc}", file=sys.stderr)
         return 2

@@ -131,6 +131,12 @@ def _warn_if_long(args, config, ctx) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rerender.training.native_output import warnings_once
+    with warnings_once(not getattr(args, "verbose", 0)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rerender.training.budget import features_for, parse_duration, plan_for_budget, run_within
     from rerender.training.config import ConfigError
     from rerender.training.data import DatasetError, read_manifest
