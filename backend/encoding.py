@@ -167,11 +167,12 @@ class InputEncoding:
         """ValueError when a class id is outside this encoding's classes (255 = unknown is fine)."""
         encoder_for(self, label.device).check_labels(label)
 
-    def decode_output(self, y: torch.Tensor, output: str = "uint8") -> torch.Tensor:
+    def decode_output(self, y: torch.Tensor, output: str = "uint8", *, in_place: bool = False) -> torch.Tensor:
         """Network output N x 3 x H x W -> N x H x W x 3 pixels on its device: ``"uint8"`` exactly as
-        :meth:`decode_rgb`, ``"float16"`` the network's own values mapped to [0, 1] (no 8-bit step)."""
+        :meth:`decode_rgb`, ``"float16"`` the network's own values mapped to [0, 1] (no 8-bit step).
+        ``in_place`` allows overwriting ``y`` (when nothing else reads it)."""
         if output == "uint8":
-            return TensorEncoder.to_uint8(y)
+            return TensorEncoder.to_uint8(y, in_place=in_place)
         if output == "float16":
             return TensorEncoder.to_float16(y)
         raise ValueError(f"output must be 'uint8' or 'float16', got {output!r}")

@@ -216,7 +216,7 @@ class ModelRuntime:
             clock.mark("encode")
             y = self._rerenderer(self._layout(x), zz)
             clock.mark("forward")
-            pixels = self._to_host(self.encoding.decode_output(y[:, :, :h, :w], output))
+            pixels = self._to_host(self.encoding.decode_output(y[:, :, :h, :w], output, in_place=True))
             labels = None if filled is None else self._to_host(filled)
             clock.mark("output")
         return pixels, labels

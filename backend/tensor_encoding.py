@@ -32,23 +32,10 @@ if TYPE_CHECKING:
     from .encoding import InputEncoding
 
 _ALL_FLOAT16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-# Undrawn pixels add this offset to their index: each table's upper half holds the "no point here" value, so the
-# mask is applied by one integer add instead of a masked write.
-_MASKED = 65536
-
-
 def _color16_table() -> np.ndarray:
     """float16 linear color bits -> encoded sRGB channel value; one extra entry (-1) for undrawn pixels."""
     with np.errstate(invalid="ignore"):  # NaN bit patterns encode to NaN, as linear_to_srgb does for them
         return (linear_to_srgb(_ALL_FLOAT16) * 2.0 - 1.0).astype(np.float32)
-
-
-def _with_masked_half(table: np.ndarray, masked_value: float) -> np.ndarray:
-    """``table`` (<= 65536 entries) at [0, len), ``masked_value`` from _MASKED on: 2 x 65536 entries."""
-    full = np.zeros(2 * _MASKED, np.float32)
-    full[:len(table)] = table
-    full[_MASKED:] = masked_value
-    return full
 
 
 class TensorEncoder:
@@ -57,10 +44,11 @@ class TensorEncoder:
     def __init__(self, encoding: "InputEncoding", device: str | torch.device) -> None:
         self.encoding = encoding
         self.device = torch.device(device)
-        srgb16 = _color16_table()
-        color16 = _with_masked_half(srgb16, -1.0)
-        color8 = _with_masked_half(srgb16[_SRGB8_TO_LINEAR16.view(np.uint16)], -1.0)
-        depth16 = _with_masked_half(encoding.encode_depth(_ALL_FLOAT16), encoding.empty_depth)
+        color16 = _color16_table()
+        color8 = color16[_SRGB8_TO_LINEAR16.view(np.uint16)]
+        depth16 = encoding.encode_depth(_ALL_FLOAT16)
+        if not (color8[0] == color16[0] == -1.0 and depth16[0] == encoding.empty_depth):
+            raise AssertionError("undrawn pixels must encode as empty through code 0")
         labels = encoding._label_lut().T  # label_channels x 256
         photo = np.arange(256, dtype=np.uint8).astype(np.float32) / 127.5 - 1.0
         put = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)  # noqa: E731
@@ -107,30 +95,31 @@ class TensorEncoder:
         if with_labels and label is None:
             raise ValueError("with_labels needs the label pass")
         drawn = torch.isfinite(depth) if mask is None else mask
-        masked = _padded(drawn.view(torch.uint8) if drawn.dtype == torch.bool else drawn, hp, wp, torch.uint8)
-        masked.bitwise_xor_(1)  # 1 where no point was drawn
+        drawn = drawn.view(torch.uint8) if drawn.dtype == torch.bool else drawn  # 0/1 bytes
+        masked = _padded(drawn, hp, wp, torch.uint8).bitwise_xor_(1)  # 1 where no point was drawn
         first = 0 if photo is None else 3
         shape = (n, first + self.channels(with_labels), hp, wp)
         if out is None or tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
             out = torch.empty(shape, dtype=torch.float32, device=self.device)
         idx = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
-        colors = color if color.dtype == torch.uint8 else color.view(torch.int16)
+        keep = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
         table = self.color8 if color.dtype == torch.uint8 else self.color16
-        offset = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
+        codes = color if color.dtype == torch.uint8 else color.view(torch.int16)
         for i in range(n):
             plane = out[i]
-            offset.copy_(masked[i]).mul_(_MASKED)
             if photo is not None:
                 for k in range(3):
                     self._gather(self.photo, _pad_into(idx, photo[i, :, :, k]), plane[k])
+            # One AND per channel applies the mask and reads int16 bits as unsigned codes: keep is 0xFFFF where a
+            # point was drawn, 0 where not, and code 0 (sRGB 0, float16 +0.0) encodes to exactly the empty value
+            # of every channel (-1 for color, empty_depth for depth, which is not > 0).
+            keep.copy_(masked[i]).sub_(1).bitwise_and_(0xFFFF)
             for k in range(3):
-                _pad_into(idx, colors[i, :, :, k])
-                if color.dtype == torch.float16:
-                    idx.bitwise_and_(0xFFFF)
-                self._gather(table, idx.add_(offset), plane[first + k])
+                _pad_into(idx, codes[i, :, :, k]).bitwise_and_(keep)
+                self._gather(table, idx, plane[first + k])
             if depth.dtype == torch.float16:  # wire depth: one gather
-                _pad_into(idx, depth[i].view(torch.int16)).bitwise_and_(0xFFFF)
-                self._gather(self.depth16, idx.add_(offset), plane[first + 3])
+                _pad_into(idx, depth[i].view(torch.int16)).bitwise_and_(keep)
+                self._gather(self.depth16, idx, plane[first + 3])
             else:
                 self._depth_arithmetic(depth[i], masked[i], hp, wp, plane[first + 3])
             c = first + 4
@@ -175,11 +164,19 @@ class TensorEncoder:
     # ---- output -------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def to_uint8(y: torch.Tensor) -> torch.Tensor:
-        """N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3 on the same device (exactly ``decode_rgb``)."""
-        a = y.clamp(-1.0, 1.0) if y.dtype == torch.float32 else y.float().clamp_(-1.0, 1.0)
-        a = a.nan_to_num_(nan=-1.0).add_(1.0).mul_(127.5).round_()  # clamp keeps NaN; it becomes -1 here
-        return a.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    def to_uint8(y: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+        """N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3 on the same device (exactly ``decode_rgb``).
+
+        ``in_place=True`` lets a float32 ``y`` that is not needed afterwards (the network's output) be overwritten,
+        sparing a copy of the frame.
+        """
+        a = y if (in_place and y.dtype == torch.float32) else y.float().clone() if y.dtype == torch.float32 \
+            else y.float()
+        a.clamp_(-1.0, 1.0).nan_to_num_(nan=-1.0).add_(1.0).mul_(127.5).round_()  # clamp keeps NaN: -1 here
+        n, _, h, w = a.shape
+        out = torch.empty((n, h, w, 3), dtype=torch.uint8, device=a.device)
+        out.permute(0, 3, 1, 2).copy_(a)  # whole numbers in [0, 255]: the cast is exact
+        return out
 
     @staticmethod
     def to_float16(y: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,10 @@ implementation, to measure against) and the code as it is now, interleaved in on
     encode_buffers + replicate pad + decode_rgb; "after" = ModelRuntime.rerender_wire's decode + encode + output
     stages (the network's forward is excluded from both: a tiny network runs, its time is not counted);
   * blender: the backend's uint8 image and the deep buffer -> the five render passes Blender gets (image_to_linear
-    + pass_pixels before; addon.pixels now), and buffer_to_wire (with the mask frame before, without it now).
+    + pass_pixels before; addon.pixels now), and buffer_to_wire (with the mask frame before, without it now);
+  * training: main-thread time per step at batch 8, 512² views, while a step of ``--step-ms`` (a stand-in for the
+    GPU's work, during which loading can proceed) runs: before = the 2-thread pool loading on demand + numpy
+    encoding twice + photo conversion; after = training.loader (2 worker processes, prefetch) + device_inputs.
 
 Run: .venv/bin/python benchmarks/bench_host.py [--quick] [--sizes 512 1080] [--threads 1] [--out PATH]
 """
@@ -159,11 +162,71 @@ def numpy_pass_pixels(buffer: DeepBuffer, rgb_linear: np.ndarray) -> dict[str, n
     return {n: np.ascontiguousarray(a[::-1]) for n, a in passes.items()}
 
 
+def bench_training(steps: int, step_ms: float, workers: int) -> dict:
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support_dataset import make_dataset
+    from rerender.training.data import AlignedDataset, EpochSampler, batch_buffers, collate, load_view, square_view
+    from rerender.training.loader import BatchIterator, device_inputs
+
+    root = make_dataset(Path(tempfile.mkdtemp(prefix="bench_host")) / "D", n_train=16, n_val=1, height=512, width=512)
+    dataset = AlignedDataset(root, "train", 512)
+    encoding = InputEncoding.for_classes(dataset.classes)
+    pool = ThreadPoolExecutor(workers)
+
+    def old_item(i: int) -> dict:
+        v = square_view(load_view(dataset.records[i]), 512)
+        b = v.buffer
+        return {"index": i, "name": v.name, "photo": v.photo, "color": b.color, "depth": b.depth, "label": b.label,
+                "mask": b.mask, "segmentation": v.segmentation}
+
+    def old_inputs(batch: dict) -> None:
+        buffers = batch_buffers(batch)
+        seg = [DeepBuffer(b.color, b.depth, s, b.mask) for b, s in zip(buffers, batch["segmentation"])]
+        numpy_encode_buffers(encoding, seg)
+        numpy_encode_buffers(encoding, buffers)  # the trainer encoded S's input a second time
+        torch.from_numpy(np.ascontiguousarray(batch["photo"])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def measure(next_batch, inputs) -> dict:
+        main, waits = [], []
+        for i in range(steps + 1):
+            a = time.perf_counter()
+            batch = next_batch()
+            b = time.perf_counter()
+            inputs(batch)
+            c = time.perf_counter()
+            time.sleep(step_ms / 1000)  # the device's step: loading in workers goes on meanwhile
+            if i:
+                main.append((c - a) * 1000)
+                waits.append((b - a) * 1000)
+        work = [m - w for m, w in zip(main, waits)]
+        return {"main_thread_ms_per_step": median_ms(main), "waiting_for_data_ms_per_step": median_ms(waits),
+                "main_thread_work_ms_per_step": median_ms(work)}
+
+    old_sampler = EpochSampler(len(dataset), 8, seed=0)
+    before = measure(lambda: collate(list(pool.map(old_item, old_sampler.next_batch()))), old_inputs)
+    loader = BatchIterator(dataset, EpochSampler(len(dataset), 8, seed=0), workers, device="cpu",
+                           encoding=encoding, use_semantics=True)
+    try:
+        after = measure(lambda: next(loader), lambda b: device_inputs(b, encoding, "cpu", True))
+    finally:
+        loader.close()
+        pool.shutdown()
+    out = {"batch": 8, "size": 512, "workers": workers, "simulated_step_ms": step_ms, "steps": steps,
+           "before": before, "after": after}
+    print(f"training host per step: before {before}, after {after}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (a smoke run)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--sections", nargs="+", default=["server", "blender"], choices=["server", "blender"])
+    parser.add_argument("--sections", nargs="+", default=["server", "blender", "training"],
+                        choices=["server", "blender", "training"])
+    parser.add_argument("--step-ms", type=float, default=300.0, help="training: the stand-in device step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what one worker thread gets)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_host.json")
     args = parser.parse_args(argv)
@@ -178,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         result["server"] = bench_server(args.sizes, repeats)
     if "blender" in args.sections:
         result["blender"] = bench_blender(args.sizes, repeats)
+    if "training" in args.sections:
+        result["training"] = bench_training(4 if args.quick else 12, args.step_ms, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
