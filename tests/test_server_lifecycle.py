@@ -195,3 +195,24 @@ def test_a_peer_that_stops_answering_heartbeats_is_dropped(tmp_path):
             peer.send_signal(signal.SIGKILL)
             peer.wait(10)
     assert before >= 2 and now == before - 1
+
+
+def test_a_client_that_stops_reading_loses_no_reply(tmp_path):
+    """3,000 requests sent before a single reply is read, through a socket that buffers one message: beyond
+    ZeroMQ's default high-water marks (1,000 each side) a ROUTER drops replies silently; this one keeps them all."""
+    with BackendProcess(None, free_tcp_address(), log_path=tmp_path / "serve.log") as backend:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RCVBUF, 4096)  # and the kernel cannot hold them either
+        sock.setsockopt(zmq.RCVTIMEO, 20000)
+        sock.connect(backend.address)
+        payload = {"x": np.zeros(2048, np.uint8)}  # 6 MB of replies in all
+        try:
+            for i in range(3000):
+                sock.send_multipart(protocol.encode_request("echo", i, {"i": i}, payload))
+            time.sleep(1.0)  # the replies pile up in the server while nobody reads
+            ids = [_header(sock)["id"] for _ in range(3000)]
+        finally:
+            sock.close(linger=0)
+    assert sorted(ids) == list(range(3000))
