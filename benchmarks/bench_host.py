@@ -207,13 +207,15 @@ def bench_training(steps: int, step_ms: float, workers: int) -> dict:
 
     old_sampler = EpochSampler(len(dataset), 8, seed=0)
     before = measure(lambda: collate(list(pool.map(old_item, old_sampler.next_batch()))), old_inputs)
-    loader = BatchIterator(dataset, EpochSampler(len(dataset), 8, seed=0), workers, device="cpu",
-                           encoding=encoding, use_semantics=True)
-    try:
-        after = measure(lambda: next(loader), lambda b: device_inputs(b, encoding, "cpu", True))
-    finally:
-        loader.close()
-        pool.shutdown()
+    after = {}
+    for variant, worker_encoding in (("workers_encode", encoding), ("main_thread_encodes", None)):
+        loader = BatchIterator(dataset, EpochSampler(len(dataset), 8, seed=0), workers, device="cpu",
+                               encoding=worker_encoding, use_semantics=True)
+        try:
+            after[variant] = measure(lambda: next(loader), lambda b: device_inputs(b, encoding, "cpu", True))
+        finally:
+            loader.close()
+    pool.shutdown()
     out = {"batch": 8, "size": 512, "workers": workers, "simulated_step_ms": step_ms, "steps": steps,
            "before": before, "after": after}
     print(f"training host per step: before {before}, after {after}")
