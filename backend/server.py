@@ -108,6 +108,7 @@ class Server:
         self.requests_served = 0
         self.undeliverable = 0
         self.refused_overloaded = 0
+        self._forward_ms, self._forward_ms_at = 20.0, 0.0  # median forward per request, for retry_after_ms
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def bind(self) -> str:
@@ -318,14 +319,15 @@ class Server:
         return err
 
     def _retry_after_ms(self, queued: int) -> float:
-        """About how long until the queue has room: the queue's length times the median compute time."""
-        per_request = 20.0
-        summary = self.timings.summary()
-        forwards = [s["ms"]["forward"]["median"] / max(1, self.max_batch) for s in summary.values()
-                    if "forward" in s["ms"]]
-        if forwards:
-            per_request = max(1.0, max(forwards))
-        return float(min(2000.0, max(10.0, per_request * max(1, queued) / 2)))
+        """About how long until the queue has room: the queue's length times the median compute time (the
+        median is refreshed at most twice a second: a flood of refusals must not cost the I/O thread)."""
+        now = time.monotonic()
+        if now - self._forward_ms_at > 0.5:
+            summary = self.timings.summary()
+            forwards = [s["ms"]["forward"]["median"] / max(1, self.max_batch) for s in summary.values()
+                        if "forward" in s["ms"]]
+            self._forward_ms, self._forward_ms_at = (max(1.0, max(forwards)) if forwards else 20.0), now
+        return float(min(2000.0, max(10.0, self._forward_ms * max(1, queued) / 2)))
 
     def _send(self, identity: Any, frames: list) -> None:
         """Send one reply; large frames are tracked in the byte budget until ZeroMQ has written them."""
