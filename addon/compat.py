@@ -58,6 +58,14 @@ def material_override_keeps_aovs() -> bool:
     return bpy.app.version >= (5, 0, 0)
 
 
+def material_node_tree(material):
+    """The shader node tree of ``material``, switched on where node trees are opt-in (4.x; 5.0 deprecates
+    ``Material.use_nodes``, always on)."""
+    if material.node_tree is None:
+        material.use_nodes = True
+    return material.node_tree
+
+
 # ---------------------------------------------------------------------------------------------- compositor
 
 

@@ -91,9 +91,8 @@ def ensure_points_node_group():
 
 def _emission_from_attributes(mat, with_label_aov: bool) -> None:
     """Material body: emission = geometry color attribute + object color property; optional label AOV."""
-    if mat.node_tree is None:  # Blender < 5: node trees are opt-in (5.0 deprecates use_nodes, always True)
-        mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    tree = compat.material_node_tree(mat)
+    nodes, links = tree.nodes, tree.links
     nodes.clear()
     geo_color = nodes.new("ShaderNodeAttribute")
     geo_color.attribute_type = "GEOMETRY"

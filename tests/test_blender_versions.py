@@ -137,6 +137,30 @@ def test_numpy_exr_reader_agrees_with_openimageio(tmp_path):
             bpy.data.objects.remove(obj)
 
 
+def test_deep_buffer_reads_back_without_openimageio(tmp_path, monkeypatch):
+    """A Blender build without OpenImageIO: the deep buffer comes back through the numpy reader, equal to what the
+    OpenImageIO read gives (where this build has one to compare with)."""
+    from rerender.addon import colmap_import, deep_buffer
+
+    ws = write_tiny_workspace(tmp_path / "ws", n_points=400)
+    scene = bpy.data.scenes.new("no oiio")
+    imported = colmap_import.import_reconstruction(ws.workspace, scene)
+    cam = imported.cameras[ws.image_names[0]]
+    try:
+        with_oiio = deep_buffer.render_deep_buffer(scene, cam, resolution=(48, 36), splat_px=1.5)
+        monkeypatch.setattr(compat, "_oiio_checked", True)
+        monkeypatch.setattr(compat, "_oiio", None)
+        assert compat.openimageio() is None
+        without = deep_buffer.render_deep_buffer(scene, cam, resolution=(48, 36), splat_px=1.5)
+    finally:
+        for obj in list(scene.objects):
+            bpy.data.objects.remove(obj)
+        bpy.data.scenes.remove(scene)
+    assert without.mask.sum() > 50
+    for field in ("color", "depth", "label", "mask"):
+        np.testing.assert_array_equal(getattr(without, field), getattr(with_oiio, field), err_msg=field)
+
+
 def test_a_render_raises_no_deprecation_warning_from_the_addon(addon, backend, tmp_path):
     """F12 of a point cloud through the engine (nested EEVEE deep buffer, compositor, backend) with every
     DeprecationWarning recorded: none may come from the add-on (5.3 deprecates Scene.compositing_node_group)."""
