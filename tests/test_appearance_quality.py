@@ -190,3 +190,24 @@ def test_relative_triplet_margin_is_not_met_by_scaling_latents_apart():
         warnings.simplefilter("error")
         with pytest.raises(ConfigError, match="triplet_relative_margin"):
             TrainConfig.tiny(triplet_relative_margin=3.0)
+
+
+def test_the_encode_op_fits_the_latent_when_asked(trained):
+    from rerender.backend.server_ops import OP_TABLE
+    from rerender.bridge.errors import ProtocolError
+    from rerender.bridge.protocol import Message, buffer_to_wire
+
+    dataset, bundle_dir = trained
+    runtime = ModelRuntime(bundle_dir, "cpu")
+    _, records = read_manifest(dataset)
+    view = load_view([r for r in records if r.split == "val"][0])
+    spec = OP_TABLE["encode"]
+    arrays = {**buffer_to_wire(view.buffer, "float32"), "photo": view.photo}
+    for bad in (-1, 5001, 2.5, True):
+        with pytest.raises(ProtocolError, match="fit_steps"):
+            spec.check(Message("encode", 1, {"fit_steps": bad}, arrays))
+    inputs = [spec.prepare(runtime, arrays, runtime.latent_size)]
+    plain = spec.compute(runtime, inputs, spec.check(Message("encode", 1, {}, arrays)))[0][0]["latent"]
+    fitted = spec.compute(runtime, inputs, spec.check(Message("encode", 2, {"fit_steps": 30}, arrays)))[0][0]["latent"]
+    direct = fit_latent(runtime, *reversed(inputs[0]), steps=30, init=plain)
+    assert not np.allclose(plain, fitted) and np.allclose(fitted, direct.latent, atol=1e-5)

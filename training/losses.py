@@ -39,8 +39,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 def style_grams(vgg: VGG19Features, images: torch.Tensor) -> list[torch.Tensor]:
-    """Gram matrices of every VGG layer for a batch of images in [-1, 1]."""
-    with torch.no_grad():
+    """Gram matrices of every feature layer (VGG19 or the segmenter's encoder) for a batch of images in [-1, 1]."""
+    with torch.inference_mode():
         return [gram_matrix(f) for f in vgg(images)]
 
 
@@ -61,21 +61,23 @@ def pairwise_style_distances(grams: Sequence[torch.Tensor], chunk: int = 256) ->
     """N x N matrix of style distances between all images whose Gram matrices are given, by matrix products.
 
     |Ga - Gb|^2 = |Ga|^2 + |Gb|^2 - 2 <Ga, Gb> summed over layers; Gram matrices are symmetric, so only their upper
-    triangle is used (off-diagonal entries weighted by sqrt 2), which halves the work and the memory. float64
-    keeps the subtraction exact enough to rank near neighbours; negative round-off is clamped to 0.
+    triangle is used (off-diagonal entries weighted by sqrt 2), which halves the work and the memory. The vectors
+    are centred on their mean first (distances do not change), which keeps float32's cancellation error far below
+    the distances between different photos; negative round-off is clamped to 0.
     """
     n = grams[0].shape[0]
-    out = torch.zeros(n, n, dtype=torch.float64)
+    out = torch.zeros(n, n, dtype=torch.float32)
     for g in grams:
         c = g.shape[-1]
         iu = torch.triu_indices(c, c)
-        weight = torch.where(iu[0] == iu[1], 1.0, 2.0 ** 0.5).to(torch.float64)
-        vec = g.detach().to("cpu", torch.float64)[:, iu[0], iu[1]] * weight
+        weight = torch.where(iu[0] == iu[1], 1.0, 2.0 ** 0.5)
+        vec = g.detach().to("cpu", torch.float32)[:, iu[0], iu[1]] * weight
+        vec = vec - vec.mean(0, keepdim=True)
         sq = (vec ** 2).sum(1)
         for i in range(0, n, chunk):
             out[i:i + chunk] += sq[i:i + chunk, None] + sq[None, :] - 2.0 * vec[i:i + chunk] @ vec.T
-    out.clamp_(min=0.0).fill_diagonal_(0.0)
-    return out.to(torch.float32)
+    out = 0.5 * (out + out.T)  # exactly symmetric (chunked products round differently)
+    return out.clamp_(min=0.0).fill_diagonal_(0.0)
 
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,

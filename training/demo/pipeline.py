@@ -233,7 +233,8 @@ class Demo:
             steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
             log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4,
             style_size=min(256, self.p.load_size), network=dict(self.p.network),
-            vgg_width_divisor=self.p.vgg_width_divisor, w_l1=self.p.w_l1,
+            vgg_width_divisor=self.p.vgg_width_divisor, w_l1=self.p.w_l1, features="auto",
+            segmenter_weights=self.o.segmenter_weights, triplet_relative_margin=self.p.triplet_relative_margin,
             d_scales=2 if self.p.load_size <= 128 else 3,
             d_channels=16 if self.p.load_size <= 128 else 64, seed=self.o.seed)
 
@@ -318,12 +319,27 @@ class Demo:
         from .shot import build_shot, pick_looks
 
         bundle = Bundle.load(self.bundle)
-        looks = pick_looks(bundle.gallery, self.p.frames)
+        looks = pick_looks(bundle.gallery, self.p.frames, self._gallery_outputs(bundle))
         manifest = json.loads((self.dataset / "manifest.json").read_text())
         W, H = self.p.frame_size
         splat = self.splat_px() * max(W, H) / self.p.buffer_size
         return build_shot(self.workspace, manifest, looks, frames=self.p.frames, size=(W, H), splat_px=splat,
                           blend_path=self.blend, bundle_path=self.bundle)
+
+    def _gallery_outputs(self, bundle) -> list[np.ndarray] | None:
+        """The first held-out view rerendered under every gallery look (what pick_looks compares)."""
+        from rerender.backend.runtime import ModelRuntime
+        from rerender.bridge.buffers import DeepBuffer
+        from rerender.training.data import load_view, read_manifest
+
+        if not bundle.gallery or bundle.encoder is None:
+            return None
+        _, records = read_manifest(self.dataset)
+        view = load_view(next(r for r in records if r.split == "val"))
+        buffer = DeepBuffer(view.buffer.color, view.buffer.depth, view.segmentation, view.buffer.mask)
+        runtime = ModelRuntime(bundle, "cpu")
+        z = np.stack([a.latent for a in bundle.gallery])
+        return list(runtime.rerender([buffer] * len(z), z))
 
     def stage_frames(self) -> dict:
         from tqdm import tqdm
@@ -347,6 +363,7 @@ class Demo:
 
     def stage_media(self) -> dict:
         from .media import write_gif
+        from .shot import colour_difference
 
         frames = sorted(self.frames_dir.glob("frame_*.png"))
         if len(frames) != self.p.frames:
@@ -354,6 +371,13 @@ class Demo:
                             f"with --redo frames")
         images = [np.asarray(Image.open(p).convert("RGB")) for p in frames]
         write_gif(images, self.gif, fps=8)
+        facts = {"gif_frames": len(images), "end_frames": colour_difference(images[0], images[-1])}
+        shot = json.loads(self._marker("shot").read_text()) if self._marker("shot").is_file() else {}
+        names = [look.get("name") for look in shot.get("looks", []) if isinstance(look, dict)]
+        photos = [self.collection / "images" / name for name in names if name]
+        if len(photos) == 2 and all(p.is_file() for p in photos):
+            facts["source_photos"] = {"names": names, **colour_difference(
+                *(np.asarray(Image.open(p).convert("RGB")) for p in photos))}
         summary = {stage: json.loads(self._marker(stage).read_text()) for stage in STAGES[:-1]
                    if self._marker(stage).is_file()}
         demo = {"preset": self.p.to_json(), "device": self.o.device, "segmenter": self.o.segmenter,
@@ -363,7 +387,8 @@ class Demo:
                     "bundle": str(self.bundle.relative_to(self.out))}}
         (self.out / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
         (self.out / "README.md").write_text(results_readme(self, summary))
-        return {"gif_frames": len(images)}
+        self.echo(f"look change over the GIF: {facts['end_frames']}; source photos: {facts.get('source_photos')}")
+        return facts
 
 
 def results_readme(demo: Demo, summary: dict) -> str:

@@ -3,13 +3,16 @@
 Why presets and not a dozen flags: the demo's job is to finish in a known time on a known machine. ``tiny`` is the
 CI smoke run (minutes, pictures are noise), ``small`` the README default (~15 min on a 2-core CPU), ``medium`` and
 ``large`` are for a GPU, where the networks and step counts approach the paper's. Photos are always rendered at
-640×480 or more with the ``final`` settings: smaller or ``preview`` photos give SIFT too few features, and SfM
-registers none of them (measured: 12 photos at 192×144 and 16 at 320×240, preview — no initial pair). The dataset
-then shrinks them to the preset's buffer size, which is where the CPU time of training goes.
+640×480 or more: smaller or ``preview`` photos give SIFT too few features, and SfM registers none of them
+(measured: 12 photos at 192×144 and 16 at 320×240, preview — no initial pair). ``small`` renders them with the
+``fast`` settings (half the samples of ``final``), because its photo stage took most of the demo's time and the
+demo's point is training. The dataset then shrinks them to the preset's buffer size, which is where the CPU time
+of training goes.
 
-Why ``w_l1`` on the CPU presets: they use a shrunk VGG19 with random weights (the ImageNet one is too slow on a
-CPU and cannot be downloaded everywhere); its perceptual loss is ~1e-5 — measured in the small run — so without a
-direct L1 term the rerenderer would learn from the GAN loss alone. GPU presets use the paper's losses.
+Why ``w_l1`` on the CPU presets: the full ImageNet VGG19 is too slow on a CPU, so their perceptual loss uses the
+segmenter's encoder (training/features.py; a VGG19 shrunk 4x/8x with random weights where no segmenter weights
+can be had, whose perceptual loss is ~1e-5); a direct L1 term keeps the rerenderer learning colour either way.
+GPU presets use the paper's losses. ``triplet_relative_margin``: see TrainConfig.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class DemoPreset:
     poses: str = "sfm"          # sfm: full pycolmap SfM; known: triangulate with the true cameras (known_poses.py)
     min_coverage: float = 0.05  # drop views whose deep buffer covers less (sparse clouds of small runs cover little)
     w_l1: float = 0.0           # direct L1 weight; the CPU presets need it (see below)
+    triplet_relative_margin: float = 0.0  # stage 1's margin relative to the distances (0: the paper's absolute)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,12 +53,13 @@ PRESETS: dict[str, DemoPreset] = {
                        network={"base_channels": 8, "depth": 3, "max_channels": 32, "encoder_channels": 8,
                                 "encoder_blocks": 2},
                        vgg_width_divisor=8, frames=6, frame_size=(64, 48), eval_pairs=2, poses="known",
-                       min_coverage=0.0, w_l1=1.0),
-    "small": DemoPreset("small", photos=36, photo_size=(640, 480), quality="final", buffer_size=160, val_count=3,
-                        load_size=128, crop_size=64, batch_size=4, steps=(60, 300, 100, 60),
+                       min_coverage=0.0, w_l1=1.0, triplet_relative_margin=0.5),
+    "small": DemoPreset("small", photos=36, photo_size=(640, 480), quality="fast", buffer_size=160, val_count=3,
+                        load_size=128, crop_size=96, batch_size=4, steps=(100, 450, 250, 40),
                         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16,
                                  "encoder_blocks": 3},
-                        vgg_width_divisor=4, frames=24, frame_size=(160, 120), eval_pairs=6, w_l1=1.0),
+                        vgg_width_divisor=4, frames=24, frame_size=(160, 120), eval_pairs=6, w_l1=1.0,
+                        triplet_relative_margin=0.5),
     "medium": DemoPreset("medium", photos=120, photo_size=(640, 480), quality="final", buffer_size=512,
                          val_count=10, load_size=256, crop_size=256, batch_size=8,
                          steps=(2000, 20000, 8000, 4000), frames=72, frame_size=(640, 480), eval_pairs=20),

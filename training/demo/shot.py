@@ -45,15 +45,42 @@ def enable_addon(address: str | None = None, timeout: float = 60.0):
     return prefs
 
 
-def pick_looks(gallery: Sequence, frames: int) -> list[Look]:
-    """The two gallery appearances whose latents lie furthest apart (say, noon and night), keyed at the first and
-    the last frame: the most visible change of look a two-key shot can show."""
+def pick_looks(gallery: Sequence, frames: int, outputs: Sequence[np.ndarray] | None = None) -> list[Look]:
+    """The two gallery appearances that differ most, keyed at the first and the last frame.
+
+    With ``outputs`` (the same deep buffer rerendered under every gallery latent, uint8 H x W x 3) "differ most"
+    is measured where the viewer sees it: the largest distance between the outputs' mean colours (luminance and
+    hue together). Two latents far apart in latent space can render nearly alike, so the latent distance is only
+    the fallback when no outputs are given.
+    """
     if len(gallery) < 2:
         raise ValueError(f"the bundle's gallery has {len(gallery)} appearance(s); keying two looks needs two")
     z = np.stack([np.asarray(a.latent, np.float32) for a in gallery])
-    d = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    if outputs is not None:
+        if len(outputs) != len(gallery):
+            raise ValueError(f"{len(outputs)} outputs for {len(gallery)} gallery appearances")
+        points = np.stack([np.asarray(o, np.float64).reshape(-1, 3).mean(0) for o in outputs])
+    else:
+        points = z.astype(np.float64)
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
     i, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    if outputs is not None and _luminance(points[j]) > _luminance(points[i]):
+        i, j = j, i  # start on the brighter look: noon -> night reads as a day passing
     return [Look(gallery[i].name, z[i], 1), Look(gallery[j].name, z[j], frames)]
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2])
+
+
+def colour_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean colour (0-255 sRGB) of two images and their difference: luminance and the RGB distance of the means."""
+    ma = np.asarray(a, np.float64).reshape(-1, 3).mean(0)
+    mb = np.asarray(b, np.float64).reshape(-1, 3).mean(0)
+    return {"mean_rgb_first": [round(float(v), 1) for v in ma], "mean_rgb_last": [round(float(v), 1) for v in mb],
+            "luminance_first": round(_luminance(ma), 1), "luminance_last": round(_luminance(mb), 1),
+            "luminance_difference": round(_luminance(ma) - _luminance(mb), 1),
+            "mean_rgb_distance": round(float(np.linalg.norm(ma - mb)), 1)}
 
 
 def _camera_as_photo_camera(name: str, matrix_world: np.ndarray, fx: float, width: int, height: int):

@@ -155,7 +155,8 @@ class Transient:
 @dataclass
 class RenderSettings:
     """EEVEE settings of the photo render. ``final`` matches the measured settings that SfM registers;
-    ``preview`` is for tests (a quarter of the samples, no soft shadows)."""
+    ``fast`` halves its samples (the default demo: its photo stage was most of its time); ``preview`` is for
+    tests and known-pose collections (a quarter of the samples)."""
 
     samples: int = 8
     filter_px: float = 1.5
@@ -164,7 +165,8 @@ class RenderSettings:
 
     @classmethod
     def preset(cls, name: str) -> "RenderSettings":
-        presets = {"final": cls(), "preview": cls(samples=2, filter_px=1.5, shadows=True, jpeg_quality=92)}
+        presets = {"final": cls(), "fast": cls(samples=4), "preview": cls(samples=2, filter_px=1.5, shadows=True,
+                                                                          jpeg_quality=92)}
         if name not in presets:
             raise ValueError(f"unknown render quality {name!r}; choose one of {sorted(presets)}")
         return presets[name]
