@@ -35,10 +35,15 @@ class Param:
     default: Any
     choices: tuple = ()
     kind: type = object
+    bounds: tuple[int, int] | None = None  # inclusive range of an int parameter
 
     def check(self, op: str, value: Any) -> Any:
         if self.kind is bool and not isinstance(value, bool):
             raise ProtocolError(CODE_BAD_PARAMS, f"{op}: {self.name!r} must be true or false, got {value!r}")
+        if self.bounds is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                        or not self.bounds[0] <= value <= self.bounds[1]):
+            raise ProtocolError(CODE_BAD_PARAMS, f"{op}: {self.name!r} must be an integer from {self.bounds[0]} "
+                                                 f"to {self.bounds[1]}, got {str(value)[:40]!r}")
         if self.choices and value not in self.choices:
             raise ProtocolError(CODE_BAD_PARAMS, f"{op}: {self.name!r} must be one of {list(self.choices)}, "
                                                  f"got {str(value)[:40]!r}")
@@ -136,6 +141,10 @@ def _compute_rerender(runtime: Any, inputs: list[Any], params: dict[str, Any]) -
 
 def _compute_encode(runtime: Any, inputs: list[Any], params: dict[str, Any]) -> Computed:
     latents = np.asarray(runtime.encode([p for _, p in inputs], [b for b, _ in inputs]), dtype=np.float32)
+    if params.get("fit_steps"):  # optimise each latent against its photo, from the encoder's answer
+        from .latent_fit import fit_latent
+        latents = np.stack([fit_latent(runtime, p, b, steps=params["fit_steps"], init=z).latent
+                            for (b, p), z in zip(inputs, latents)])
     return [{"latent": z} for z in latents], None
 
 
@@ -174,7 +183,8 @@ OP_TABLE: dict[str, OpSpec] = {spec.name: spec for spec in (
            arrays=_BUFFER | {"latent"}, prepare=_prepare_rerender, compute=_compute_rerender,
            batch_params=("output", "fill_labels")),
     OpSpec("encode", needs_model=True, arrays=_BUFFER | {"photo"}, prepare=_prepare_encode,
-           compute=_compute_encode),
+           compute=_compute_encode, params=(Param("fit_steps", 0, (), int, (0, 5000)),),
+           batch_params=("fit_steps",)),
     OpSpec("segment", needs_model=True, arrays=_BUFFER, prepare=_prepare_segment, compute=_compute_segment),
 )}
 """Every op the server answers. Echo passes any params and arrays through untouched (it measures the transport)."""
