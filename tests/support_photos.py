@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from rerender.bridge.cameras import umeyama  # noqa: F401  (the one Umeyama; test_reconstruct imports it from here)
+from support_colmap import look_at
 
 N_VIEWS = 14
 WIDTH, HEIGHT = 320, 240
@@ -96,20 +97,6 @@ def _build_scene():
     return scene
 
 
-def _look_at_colmap(center, target):
-    """COLMAP (R, t) of a camera at ``center`` looking at ``target`` with world +z up."""
-    import numpy as np
-
-    c, tgt = np.asarray(center, float), np.asarray(target, float)
-    z = tgt - c
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0, 0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)  # image y points down
-    R = np.stack([x, y, z])
-    return R, -R @ c
-
-
 def generate(out: Path, n_views: int = N_VIEWS) -> None:
     import bpy
     import numpy as np
@@ -135,7 +122,7 @@ def generate(out: Path, n_views: int = N_VIEWS) -> None:
         ang = math.radians(-105 + 210 * i / (n_views - 1))
         radius = 4.9 + rng.uniform(-0.3, 0.3)
         center = (radius * math.cos(ang), radius * math.sin(ang), 1.0 + 1.2 * math.sin(3 * ang))
-        R, t = _look_at_colmap(center, (0, 0, 0.2))
+        R, t = look_at(center, (0, 0, 0.2), down=(0.0, 0.0, -1.0))  # world +z is up
         m = np.eye(4)
         m[:3, :3] = R.T
         m[:3, 3] = center
