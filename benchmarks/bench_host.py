@@ -222,12 +222,54 @@ def bench_training(steps: int, step_ms: float, workers: int) -> dict:
     return out
 
 
+def bench_compression(repeats: int) -> dict:
+    """Request frames of a 1080p deep buffer through each codec: size, compress and decompress time, and the
+    time 1 GbE would need for the bytes (computed at 117 MB/s, not measured: no second machine here)."""
+    from rerender.bridge import compression
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support_dataset import render_view
+
+    landmark = render_view(1080, 1920, shift=0, light=0, person=True, rng=np.random.default_rng(0))[1]
+    out = {}
+    for kind, buffer in (("random points (worst case)", synthetic_buffer(1080, 1920)),
+                         ("procedural landmark", landmark)):
+        wire = P.buffer_to_wire(buffer, send_mask=None)
+        raw = sum(a.nbytes for a in wire.values())
+        rows = {"none": {"bytes": raw, "one_gbe_ms": round(raw / 117e3, 1)}}
+        codecs = {"zlib": (lambda a: compression.compress("zlib", a),
+                           lambda p, n: compression.decompress("zlib", p, n))}
+        try:  # not a bridge codec (the bridge keeps to the standard library): measured for comparison
+            import zstandard
+            codecs["zstd (not on the wire)"] = (lambda a: zstandard.ZstdCompressor(level=1).compress(a.tobytes()),
+                                                lambda p, n: zstandard.ZstdDecompressor().decompress(p))
+        except ImportError:
+            pass
+        for codec, (pack, unpack) in codecs.items():
+            packed = [pack(a) for a in wire.values()]
+            comp = [median_ms([_ms(lambda: [pack(a) for a in wire.values()]) for _ in range(repeats)])]
+            dec = median_ms([_ms(lambda: [unpack(p, a.nbytes) for p, a in zip(packed, wire.values())])
+                             for _ in range(repeats)])
+            size = sum(len(p) for p in packed)
+            rows[codec] = {"bytes": size, "ratio": round(raw / size, 2), "compress_ms": comp[0],
+                           "decompress_ms": dec, "one_gbe_ms": round(size / 117e3, 1),
+                           "one_gbe_total_ms": round(size / 117e3 + comp[0] + dec, 1)}
+        out[kind] = rows
+        print(f"compression 1080p, {kind}: {rows}")
+    return out
+
+
+def _ms(fn) -> float:
+    a = time.perf_counter()
+    fn()
+    return (time.perf_counter() - a) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (a smoke run)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--sections", nargs="+", default=["server", "blender", "training"],
-                        choices=["server", "blender", "training"])
+    parser.add_argument("--sections", nargs="+", default=["server", "blender", "training", "compression"],
+                        choices=["server", "blender", "training", "compression"])
     parser.add_argument("--step-ms", type=float, default=300.0, help="training: the stand-in device step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what one worker thread gets)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_host.json")
@@ -243,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         result["server"] = bench_server(args.sizes, repeats)
     if "blender" in args.sections:
         result["blender"] = bench_blender(args.sizes, repeats)
+    if "compression" in args.sections:
+        result["compression"] = bench_compression(3 if args.quick else 7)
     if "training" in args.sections:
         result["training"] = bench_training(4 if args.quick else 12, args.step_ms, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)

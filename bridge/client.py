@@ -64,7 +64,7 @@ class Client(SubmitCollect):
     times one call may re-send its in-flight requests after the backend dropped the connection; ``on_event``
     is called as ``on_event(kind, info)`` for ``"disconnected"`` / ``"resent"`` (the add-on shows these).
     A request answered ``overloaded`` is re-sent after a backoff (``bridge.retry``) for up to ``overload_patience``
-    seconds before :class:`~.errors.BackendBusy` is raised. ``compression`` ("auto", "zstd", "zlib"; default none)
+    seconds before :class:`~.errors.BackendBusy` is raised. ``compression`` ("auto" or "zlib"; default none)
     compresses the requests' large frames, for a backend across a slow network (bridge/compression.py).
     """
 

@@ -48,7 +48,11 @@ def test_a_frame_cannot_inflate_past_its_declared_size():
     assert info.value.code == "bad_array"
     with pytest.raises(ProtocolError, match="declared"):
         decode([frames[0], zlib.compress(bytes(100_000), 1)])  # too short
-    with pytest.raises(ValueError, match="none, auto, zstd or zlib"):
+    spec_zstd = frames[0].replace(b"zlib", b"zstd")  # a codec this peer does not have
+    with pytest.raises(ProtocolError, match="not supported") as info:
+        decode([spec_zstd, frames[1]])
+    assert info.value.code == "bad_array"
+    with pytest.raises(ValueError, match="none, auto or one of"):
         compression.choose_codec("lz4")
 
 
