@@ -2,7 +2,7 @@
 
 Stages, in the order a request meets them (milliseconds):
   receive  the I/O thread reading the message off the socket and checking its header and declared arrays
-  queue    waiting for the compute worker (behind other requests, or for the device)
+  queue    waiting: for the worker's host thread, then (prepared) for the device
   decode   wire arrays -> validated inputs (deep buffer, latent, photo) on the worker's host thread
   encode   inputs -> network tensors (the runtime's input encoding)
   forward  the network itself (everything of the compute call that is neither encode nor output)

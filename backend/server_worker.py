@@ -55,6 +55,7 @@ class Job:
     received: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     prepared: Any = None
+    prepared_at: float = 0.0  # when its host work ended: the wait for the device counts as queue time
     fd: int | None = None     # the connection it came through (never closed while the request is in flight)
 
     @property
@@ -203,7 +204,8 @@ class ComputeWorker:
                 self._release_preparing(job)
                 self._fail_exception(job, exc, "decoding")
                 continue
-            job.timings["decode"] = (time.perf_counter() - started) * 1000
+            job.prepared_at = time.perf_counter()
+            job.timings["decode"] = (job.prepared_at - started) * 1000
             with self._cond:
                 while not self._stopping and not self._accepts(job):
                     self._cond.wait(0.2)
@@ -261,6 +263,9 @@ class ComputeWorker:
         jobs = batch.jobs
         spec = jobs[0].spec
         started = time.perf_counter()
+        for job in jobs:  # prepared, then waiting for the device: queue time too
+            job.timings["queue"] = job.timings.get("queue", 0.0) + max(0.0, started - job.prepared_at) * 1000
+            job.prepared_at = started
         try:
             with StageClock() as clock:
                 results, reported = spec.compute(self.runtime, [j.prepared for j in jobs], jobs[0].params)
