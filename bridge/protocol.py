@@ -360,8 +360,12 @@ def depth_to_wire(depth: np.ndarray, dtype: str = "float16") -> np.ndarray:
         return d
     if dtype != "float16":
         raise ValueError(f"depth travels as float16 or float32, not {dtype!r}")
-    finite = np.isfinite(d)
-    return np.where(finite, np.clip(d, -FLOAT16_MAX, FLOAT16_MAX), d).astype(np.float16)
+    with np.errstate(over="ignore"):  # finite values beyond +-65504 come out infinite: put back to +-65504 below
+        wire = d.astype(np.float16)
+    overflow = ((wire.view(np.uint16) & 0x7FFF) == 0x7C00) & ~np.isinf(d)
+    if overflow.any():
+        wire[overflow] = np.copysign(FLOAT16_MAX, d[overflow])
+    return wire
 
 
 def buffer_to_wire(buffer: DeepBuffer, depth_dtype: str = "float16", *,
@@ -376,8 +380,8 @@ def buffer_to_wire(buffer: DeepBuffer, depth_dtype: str = "float16", *,
         raise TypeError(f"expected a rerender.bridge.DeepBuffer, got {type(buffer).__name__}")
     depth = depth_to_wire(buffer.depth, depth_dtype)
     arrays = {"color": color_to_wire(buffer.color), "depth": depth, "label": np.ascontiguousarray(buffer.label)}
-    if send_mask is None:
-        send_mask = not np.array_equal(buffer.mask, np.isfinite(depth))
+    if send_mask is None:  # float32 test (fast): clipping keeps finite depths finite, so it equals the wire's
+        send_mask = not np.array_equal(buffer.mask, np.isfinite(buffer.depth))
     if send_mask:
         arrays["mask"] = np.ascontiguousarray(buffer.mask).view(np.uint8)
     return arrays
