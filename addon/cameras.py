@@ -1,4 +1,4 @@
-"""COLMAP camera <-> Blender camera, exactly (docs/addon-rasterizer.md).
+"""COLMAP camera <-> Blender camera, exactly (docs/design.md §3; docs/addon-rasterizer.md, "Cameras").
 
 COLMAP: world->camera (R, t), camera frame x right, y down, z forward, PINHOLE (fx, fy, cx, cy) in pixels with
 pixel centers at +0.5. Blender: camera looks down -z with y up; intrinsics become lens / sensor width, shift (the
