@@ -68,6 +68,22 @@ def test_pick_looks_takes_the_two_most_different_latents():
         pick_looks(gallery[:1], frames=24)
 
 
+def test_pick_looks_by_rendered_colour_starts_on_the_brighter_look():
+    """With renders of one view under every look, the pair whose pictures differ most wins, whatever the latents."""
+    from types import SimpleNamespace
+
+    from rerender.training.demo.shot import colour_difference, pick_looks
+
+    gallery = [SimpleNamespace(name=n, latent=np.full(8, v, np.float32)) for n, v in
+               (("noon", 0.1), ("night", -2.0), ("dusk", 0.5), ("fog", 1.5))]
+    colours = {"noon": (200, 210, 230), "night": (20, 25, 60), "dusk": (220, 140, 80), "fog": (150, 150, 150)}
+    outputs = [np.broadcast_to(np.array(colours[g.name], np.uint8), (6, 8, 3)) for g in gallery]
+    looks = pick_looks(gallery, frames=24, outputs=outputs)
+    assert [lk.name for lk in looks] == ["noon", "night"] and [lk.frame for lk in looks] == [1, 24]
+    diff = colour_difference(outputs[0], outputs[1])
+    assert diff["luminance_difference"] > 150 and diff["mean_rgb_distance"] > 250
+
+
 def test_gif_keeps_every_frame(tmp_path):
     frames = [np.full((12, 16, 3), (20 * i, 255 - 20 * i, 128), np.uint8) for i in range(5)]
     frames[2][:, :4] = 0  # identical consecutive frames must not be merged either
