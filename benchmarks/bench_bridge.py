@@ -38,7 +38,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def raw_echo_server(address: str) -> None:
-    """ROUTER that sends every multipart message straight back (no header, no validation): the floor."""
+    """ROUTER that sends every multipart message straight back (no header, no validation): the floor. It gets
+    the same malloc settings as the bridge's processes (bridge/allocator.py), so the two differ by the protocol."""
+    from rerender.bridge.allocator import keep_frame_buffers
+
+    keep_frame_buffers()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.bind(address)

@@ -8,7 +8,8 @@ implementation, to measure against) and the code as it is now, interleaved in on
     encode_buffers + replicate pad + decode_rgb; "after" = ModelRuntime.rerender_wire's decode + encode + output
     stages (the network's forward is excluded from both: a tiny network runs, its time is not counted);
   * blender: the backend's uint8 image and the deep buffer -> the five render passes Blender gets (image_to_linear
-    + pass_pixels before; addon.pixels now), and buffer_to_wire (with the mask frame before, without it now);
+    + pass_pixels before; addon.pixels now), and buffer_to_wire (as it was: mask frame, float32 clipping before
+    the cast; now: no redundant mask, one cast);
   * training: main-thread time per step at batch 8, 512² views, while a step of ``--step-ms`` (a stand-in for the
     GPU's work, during which loading can proceed) runs: before = the 2-thread pool loading on demand + numpy
     encoding twice + photo conversion; after = training.loader (2 worker processes, prefetch) + device_inputs.
@@ -131,7 +132,7 @@ def bench_blender(sizes: list[str], repeats: int) -> dict:
         writer = pixels.PassWriter()
         runs = {"before": lambda: numpy_pass_pixels(buffer, srgb8_to_linear(image)),
                 "after": lambda: writer.passes(buffer, image, transparent=False),
-                "to_wire_before": lambda: P.buffer_to_wire(buffer),
+                "to_wire_before": lambda: numpy_buffer_to_wire(buffer),
                 "to_wire_after": lambda: P.buffer_to_wire(buffer, send_mask=None)}
         samples = {k: [] for k in runs}
         for i in range(repeats + 2):
@@ -148,6 +149,14 @@ def bench_blender(sizes: list[str], repeats: int) -> dict:
         print(f"blender host {name}: passes {med['before']:.1f} -> {med['after']:.1f} ms, buffer_to_wire "
               f"{med['to_wire_before']:.1f} -> {med['to_wire_after']:.1f} ms")
     return out
+
+
+def numpy_buffer_to_wire(buffer: DeepBuffer) -> dict[str, np.ndarray]:
+    """buffer_to_wire as it was: the mask frame always, depth clipped in float32 before the float16 cast."""
+    d = buffer.depth
+    depth = np.where(np.isfinite(d), np.clip(d, -P.FLOAT16_MAX, P.FLOAT16_MAX), d).astype(np.float16)
+    return {"color": P.color_to_wire(buffer.color), "depth": depth, "label": np.ascontiguousarray(buffer.label),
+            "mask": buffer.mask.view(np.uint8)}
 
 
 def numpy_pass_pixels(buffer: DeepBuffer, rgb_linear: np.ndarray) -> dict[str, np.ndarray]:
