@@ -220,6 +220,7 @@ class Server:
                 os.close(fd)
             except OSError:
                 pass
+        self._wake_r = self._wake_w = -1  # a late stop() or reply must never write into a reused descriptor
 
     def start_in_thread(self) -> threading.Thread:
         """Bind and run the I/O loop in a background thread (for benchmarks and in-process use)."""
@@ -231,9 +232,9 @@ class Server:
     def describe(self) -> str:
         """The startup line: address, device, precision, model and the limits in force."""
         lim = self.server_limits
+        connections = self._connections.budget if self._connections else lim.max_connections
         bounds = (f"memory budget {lim.memory_budget_bytes / 2**20:.0f} MiB, frames up to "
-                  f"{lim.max_frame_pixels / 1e6:.1f} Mpx, {self._connections.budget if self._connections else lim.max_connections}"
-                  f" connections")
+                  f"{lim.max_frame_pixels / 1e6:.1f} Mpx, {connections} connections")
         if self.runtime is None:
             return (f"listening on {self.bound_address or self.address}, transport only (no model: echo and "
                     f"hello); {bounds}")
