@@ -8,6 +8,8 @@ passed the size check, and numpy's reshape raised a plain ValueError).
 
 from __future__ import annotations
 
+import zlib
+
 import msgpack
 import numpy as np
 import pytest
@@ -57,7 +59,7 @@ def mutate(rng: np.random.Generator, base: dict[str, list], rid: int) -> list[by
     params, arrays = base[op]
     frames = _frames(op, rid, params, arrays)
     header = msgpack.unpackb(frames[0], raw=False)
-    kind = int(rng.integers(0, 10))
+    kind = int(rng.integers(0, 11))
     if kind == 0:  # flip bytes of the header
         raw = bytearray(frames[0])
         for _ in range(int(rng.integers(1, 5))):
@@ -110,6 +112,11 @@ def mutate(rng: np.random.Generator, base: dict[str, list], rid: int) -> list[by
         else:
             arrays["mask"] = np.full((8, 8), 7, np.uint8).view(np.bool_)
         return _frames(op, rid, params, arrays)
+    elif kind == 9 and header["arrays"] and rng.random() < 0.6:  # compressed frames: garbage, bombs, codecs
+        i = int(rng.integers(0, len(header["arrays"])))
+        header["arrays"][i]["codec"] = pick(rng, ["zlib", "zlib", "zstd", "lz4", 5, None])
+        frames[1 + i] = pick(rng, [zlib.compress(b"\0" * (8 << 20), 9), zlib.compress(frames[1 + i])[:-3],
+                                   rng.bytes(64), b"", zlib.compress(frames[1 + i])])
     else:  # random bytes of a random length as a whole message
         return [rng.bytes(int(rng.integers(0, 200))) for _ in range(int(rng.integers(1, 4)))]
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
