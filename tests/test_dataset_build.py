@@ -197,7 +197,14 @@ def test_dataset_command_is_quiet_without_verbose(tmp_path_factory, shared_dir):
     weights = shared_dir / "models" / "espnet"
     if not (weights / "espnet_p2_q8_cityscapes.pth").is_file():
         pytest.skip(f"ESPNet weights not found in {weights}")
-    _, ws, _ = reconstructed_workspace(tmp_path_factory)
+    _, full, _ = reconstructed_workspace(tmp_path_factory)
+    ws = tmp_path_factory.mktemp("ten_photos") / "ws"  # the same workspace with 10 registered photos
+    shutil.copytree(full, ws, ignore=shutil.ignore_patterns("database.db", "distorted", "stereo"))
+    rec = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    for image_id in sorted(rec.reg_image_ids())[10:]:
+        rec.deregister_frame(rec.image(image_id).frame_id)
+    rec.write(str(ws / "sparse" / "0"))
+    assert pycolmap.Reconstruction(str(ws / "sparse" / "0")).num_reg_images() == 10
     out = tmp_path_factory.mktemp("quiet_dataset")
     cmd = [sys.executable, "-m", "rerender", "dataset", str(ws), "--out", str(out), "--max-size", "160",
            "--min-size", "100", "--splat-px", "6", "--segmenter-weights", str(weights)]
@@ -205,7 +212,9 @@ def test_dataset_command_is_quiet_without_verbose(tmp_path_factory, shared_dir):
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     # lines as a terminal shows them: a progress bar redraws itself with "\r" on one line
     lines = (proc.stdout + proc.stderr).decode().rstrip("\n").split("\n")
+    print(f"rerender dataset on 10 photos: {len(lines)} lines")
     assert len(lines) < 40, "\n".join(lines)
+    assert any("10 views kept" in line for line in lines), "\n".join(lines)
     assert not any(line.startswith("Saved:") for line in lines), "Blender's per-file lines should be in the log"
     assert any("views kept" in line for line in lines) and any("segmenter: espnet" in line for line in lines)
     assert "Saved:" in (out / "work" / "native.log").read_text()
