@@ -283,7 +283,8 @@ class Server:
         if spec.needs_model and self.runtime is None:
             raise ProtocolError(CODE_NO_MODEL, "this backend runs without a model (--transport-only); "
                                                "restart it with `rerender serve --bundle PATH`")
-        nbytes = sum(len(f) for f in frames)
+        # what the request holds in memory: a compressed frame is held decompressed
+        nbytes = len(frames[0]) + sum(a.nbytes for a in message.arrays.values())
         if spec.answer is not None:
             if spec.name == "echo" and not self.budget.fits(nbytes):
                 raise self._overloaded("unread replies fill the backend's memory budget", 250.0)
@@ -415,7 +416,9 @@ class Server:
         header = {"op": "echo", "v": PROTOCOL_VERSION, "id": message.id, "ok": True, "params": message.params,
                   "arrays": [{"name": n, "dtype": a.dtype.name, "shape": list(a.shape)}
                              for n, a in message.arrays.items()]}
-        return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+        data = [frame if array.nbytes == len(frame) else array  # a compressed frame goes back decompressed
+                for array, frame in zip(message.arrays.values(), frames[1:])]
+        return [msgpack.packb(header, use_bin_type=True), *data]
 
     def reply_appearances(self, message: Message) -> list:
         names, arrays = self._appearances

@@ -193,3 +193,19 @@ def test_a_reply_without_the_image_is_a_protocol_error():
             client.rerender(DeepBuffer.empty(4, 4), np.zeros(8, np.float32))
     finally:
         stop.set()
+
+
+def test_a_compressed_echo_comes_back_decompressed_and_readable(echo_backends):
+    payload = np.arange(100_000, dtype=np.float32)
+    frames = protocol.encode_request("echo", 5, {}, {"x": payload}, codec="zlib")
+    assert msgpack.unpackb(bytes(memoryview(frames[0])))["arrays"][0]["codec"] == "zlib"
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10000)
+    sock.connect(echo_backends["tcp"].address)
+    try:
+        sock.send_multipart(frames, copy=False)
+        reply = protocol.decode(sock.recv_multipart(), protocol.REPLY_LIMITS, reply=True)
+    finally:
+        sock.close(linger=0)
+    assert reply.ok and np.array_equal(reply.arrays["x"], payload)

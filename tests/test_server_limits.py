@@ -155,3 +155,32 @@ def test_a_frame_above_the_wire_limit_is_refused_before_it_is_sent():
         with pytest.raises(FrameTooLarge, match="256 MiB"):
             next(client.pipeline([{"op": "echo", "arrays": {"color": color}}]))
         assert time.monotonic() - started < 1.0
+
+
+def test_compressed_requests_count_in_the_budget_at_their_decompressed_size(tmp_path):
+    """16 MiB of zeros compress to 16 KiB: the budget must see the 16 MiB the server holds, not the 16 KiB."""
+    import zlib
+
+    args = ("--memory-budget-mb", "40", "--max-queue", "1000", "--max-batch", "1", "--simulate-latency-ms", "2000")
+    with BackendProcess(make_small_bundle(tmp_path / "bundle"), free_tcp_address(), extra_args=args,
+                        log_path=tmp_path / "serve.log") as backend:
+        sock = _dealer(backend.address, RCVTIMEO=30000)
+        try:
+            side = 2048  # 2048 x 2048 deep buffer: 28 MiB decompressed, a few KiB on the wire
+            frames = _rerender_frames(0, side)
+            header = msgpack.unpackb(bytes(memoryview(frames[0])), raw=False)
+            packed = []
+            for spec, frame in zip(header["arrays"], frames[1:]):
+                spec["codec"] = "zlib"
+                packed.append(zlib.compress(bytes(memoryview(frame)), 1))
+            assert sum(map(len, packed)) < 2**20
+            for i in range(4):
+                header["id"] = i
+                sock.send_multipart([msgpack.packb(header), *packed])
+            codes = []
+            for _ in range(4):
+                reply = msgpack.unpackb(sock.recv_multipart()[0], raw=False)
+                codes.append("ok" if reply["ok"] else reply["error"]["code"])
+        finally:
+            sock.close(linger=0)
+    assert codes.count("overloaded") >= 2, codes  # 28 MiB each against 40 MiB: one admitted at a time
