@@ -27,7 +27,8 @@ PARALLEL, ONE_AT_A_TIME, LATEST_WINS = "parallel", "one at a time", "latest wins
 POLL_S = 0.25  # how often the pump looks for finished jobs while any is in flight
 MESSAGES_KEPT = 5
 
-Watcher = Callable[[], "tuple[bool, bool]"]  # () -> (something changed: redraw, still busy: keep pumping)
+# () -> (something changed: redraw; keep pumping: False, True for every POLL_S, or seconds until the next look)
+Watcher = Callable[[], "tuple[bool, bool | float]"]
 
 
 @dataclass
@@ -152,21 +153,28 @@ def unwatch(watcher: Watcher) -> None:
 
 
 def pump() -> float | None:
-    """Deliver every runner's finished jobs, poll the watchers, redraw when anything changed (the timer callback)."""
-    changed, busy = False, False
+    """Deliver every runner's finished jobs, poll the watchers, redraw when anything changed (the timer callback).
+
+    Returns when to run again: POLL_S while a job is in flight, sooner when a watcher asks for it (the viewport
+    preview wants its frames on screen within 50 ms), None when nothing is left to wait for."""
+    changed, due = False, None
     for runner in list(_runners):
         changed |= bool(runner.deliver())
-        busy |= bool(runner.busy)
+        if runner.busy:
+            due = POLL_S
     for watcher in list(_watchers):
         try:
-            did_change, still_busy = watcher()
+            did_change, wants = watcher()
         except Exception:  # noqa: BLE001 - one broken watcher must not stop the others' deliveries
             continue
-        changed, busy = changed or did_change, busy or still_busy
+        changed = changed or did_change
+        if wants:
+            wants = POLL_S if wants is True else float(wants)
+            due = wants if due is None else min(due, wants)
     if changed:
         for callback in list(_change_callbacks):
             callback()
-    return POLL_S if busy else None
+    return due
 
 
 def ensure_pump() -> None:

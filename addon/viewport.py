@@ -5,9 +5,9 @@ the point cloud at a reduced resolution with the ``gpu`` module (gpu_raster.py; 
 inside a draw call) and *offers* the deep buffer to a :class:`LatestWinsRequester`. A daemon thread with its own
 bridge client (ZeroMQ sockets are not thread-safe) sends only the newest offer: while one frame is at the backend,
 newer offers replace each other and the stale ones are dropped, never queued, so the preview follows the camera
-instead of replaying its past. When an image lands, the thread only sets a flag; a ``bpy.app.timers`` callback on
-the main thread turns the flag into ``tag_redraw()`` (bpy must not be touched from other threads), and the next
-``view_draw`` draws the last image with a GPU texture.
+instead of replaying its past. When an image lands, the thread only sets a flag; the add-on's job pump
+(``jobs.py``, its one main-thread timer) turns the flag into ``tag_redraw()`` (bpy must not be touched from other
+threads), and the next ``view_draw`` draws the last image with a GPU texture.
 """
 
 from __future__ import annotations
@@ -183,7 +183,9 @@ class ViewportSession:
             self._address = link
         return self.requester
 
-    def _redraw_timer(self) -> float | None:
+    def _redraw_watcher(self) -> tuple[bool, float | bool]:
+        """Polled by the add-on's job pump (``jobs.py``): a landed frame becomes ``tag_redraw`` of every viewport
+        engine; asks to be polled again in 50 ms while any viewport shows the preview."""
         if self._landed.is_set():
             self._landed.clear()
             alive = []
@@ -194,19 +196,17 @@ class ViewportSession:
                 except ReferenceError:  # the viewport closed: its engine is gone
                     pass
             self._engines = alive
-        return 0.05 if self._engines else None
+        return False, (0.05 if self._engines else False)
 
     def draw(self, engine, context, depsgraph) -> None:
-        import bpy
-
-        from . import connection, properties
+        from . import connection, jobs, properties
         from .preferences import backend_settings
 
         region, view = context.region, context.region_data
         if engine not in self._engines:
             self._engines.append(engine)
-            if not bpy.app.timers.is_registered(self._redraw_timer):
-                bpy.app.timers.register(self._redraw_timer, first_interval=0.05)
+            jobs.watch(self._redraw_watcher)
+            jobs.ensure_pump()
         settings = backend_settings()
         requester = self._ensure_requester(settings)
         size = preview_size(region.width, region.height)
@@ -241,6 +241,9 @@ class ViewportSession:
             draw_image(frame.image, region.width, region.height)
 
     def stop(self) -> None:
+        from . import jobs
+
+        jobs.unwatch(self._redraw_watcher)
         if self.requester is not None:
             self.requester.stop(0.5)
             self.requester = None

@@ -99,3 +99,29 @@ def test_the_pump_runs_while_busy_and_redraws_on_change(gate, monkeypatch):
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown job policy"):
         jobs.JobRunner("x", "sometimes")
+
+
+def test_the_viewport_preview_redraws_through_the_pump(monkeypatch):
+    from rerender.addon.viewport import ViewportSession
+
+    class Engine:
+        def __init__(self, alive: bool = True) -> None:
+            self.redraws, self.alive = 0, alive
+
+        def tag_redraw(self) -> None:
+            if not self.alive:
+                raise ReferenceError("the viewport closed")
+            self.redraws += 1
+
+    monkeypatch.setattr(jobs, "_runners", [])  # only the viewport's watcher matters here
+    monkeypatch.setattr(jobs, "_watchers", [])
+    session = ViewportSession()
+    live, closed = Engine(), Engine(alive=False)
+    session._engines = [live, closed]
+    jobs.watch(session._redraw_watcher)
+    jobs.watch(session._redraw_watcher)  # watching twice is watching once
+    assert jobs.pump() == 0.05 and live.redraws == 0  # nothing landed yet: look again in 50 ms, no redraw
+    session._landed.set()  # what the requester thread does when a frame arrives
+    assert jobs.pump() == 0.05 and live.redraws == 1 and session._engines == [live]
+    session.stop()
+    assert jobs.pump() is None and jobs._watchers == []
