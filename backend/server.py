@@ -18,6 +18,7 @@ table (``server_ops.OP_TABLE``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -90,6 +91,11 @@ class Server:
             max_frame_pixels=int(min(max_frame_pixels or derived, derived)), bytes_per_pixel=per_pixel,
             max_connections=max_connections, idle_timeout_s=idle_timeout_s, heartbeat_s=heartbeat_s)
         self.budget = ByteBudget(self.server_limits.memory_budget_bytes)
+        # Decoding never builds more than the budget: a compressed frame could otherwise inflate to the wire's
+        # 768 MiB per message before the budget is asked (frames above the wire limits still end at ZeroMQ).
+        budget = self.server_limits.memory_budget_bytes
+        self.decode_limits = dataclasses.replace(limits, max_array_bytes=min(limits.max_array_bytes, budget),
+                                                 max_message_bytes=min(limits.max_message_bytes, budget))
         self.timings = TimingLog()
         if runtime is not None:
             instrument_runtime(runtime)
@@ -262,7 +268,7 @@ class Server:
         identity, body = frames[0], frames[1:]
         message: Message | None = None
         try:
-            message = decode(body, self.limits)
+            message = decode(body, self.decode_limits)
             self._dispatch(identity, message, body, started)
         except ProtocolError as err:
             op = message.op if message else getattr(err, "op", None)
@@ -390,7 +396,7 @@ class Server:
             "precision": self.precision,
             "max_batch": self.max_batch,
             "health": self.health_report(),
-            "limits": {**{k: getattr(self.limits, k) for k in ("max_header_bytes", "max_arrays", "max_image_side",
+            "limits": {**{k: getattr(self.decode_limits, k) for k in ("max_header_bytes", "max_arrays", "max_image_side",
                                                                 "max_array_bytes", "max_message_bytes")},
                        **self.server_limits.as_hello()},
             "model_info": info,

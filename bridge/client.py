@@ -16,6 +16,7 @@ A Client is not thread-safe (ZeroMQ sockets are not): use one per thread. Import
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -36,8 +37,8 @@ from .errors import (
 )
 from .hello import ServerHello
 from .protocol import (
-    DEFAULT_ADDRESS, DEFAULT_LIMITS, PROTOCOL_VERSION, REPLY_LIMITS, Message, buffer_to_wire, check_request_size,
-    decode, encode_request,
+    DEFAULT_ADDRESS, DEFAULT_LIMITS, PROTOCOL_VERSION, REPLY_LIMITS, Limits, Message, buffer_to_wire,
+    check_request_size, decode, encode_request,
 )
 from .client_async import SubmitCollect, _as_latent, _reply_array, _Request, _seconds
 from .retry import OverloadRetry, Window
@@ -291,6 +292,12 @@ class Client(SubmitCollect):
             return True
         return False
 
+    def _wire_limits(self) -> Limits:
+        """The wire limits, lowered to the backend's where its hello said so (a small memory budget)."""
+        known = {k: v for k, v in self.server_limits.items() if k in ("max_array_bytes", "max_message_bytes")
+                 and isinstance(v, int) and 0 < v < getattr(DEFAULT_LIMITS, k)}
+        return dataclasses.replace(DEFAULT_LIMITS, **known) if known else DEFAULT_LIMITS
+
     def _reply_waiting(self) -> bool:
         try:
             return bool(self._socket.poll(0))
@@ -309,7 +316,7 @@ class Client(SubmitCollect):
 
     def _send(self, request_id: int, request: _Request) -> None:
         try:  # a frame the backend would refuse is refused here, before hundreds of MB travel for nothing
-            check_request_size(request.arrays, DEFAULT_LIMITS,
+            check_request_size(request.arrays, self._wire_limits(),
                                max_frame_pixels=self.server_limits.get("max_frame_pixels"))
         except ProtocolError as err:
             raise FrameTooLarge(err.code, f"not sent to {self.address}: {err.message}", op=request.op) from None

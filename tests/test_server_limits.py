@@ -184,3 +184,14 @@ def test_compressed_requests_count_in_the_budget_at_their_decompressed_size(tmp_
         finally:
             sock.close(linger=0)
     assert codes.count("overloaded") >= 2, codes  # 28 MiB each against 40 MiB: one admitted at a time
+
+
+def test_a_small_budget_lowers_the_decoded_size_limits_and_the_client_follows(tmp_path):
+    with BackendProcess(None, free_tcp_address(), extra_args=("--memory-budget-mb", "8"),
+                        log_path=tmp_path / "serve.log") as backend:
+        assert backend.info.limits["max_array_bytes"] == 8 * 2**20
+        with Client(backend.address, timeout=10) as client:
+            client.hello()
+            with pytest.raises(FrameTooLarge, match="at most 8 MiB"):  # refused here, before sending
+                client.echo({"x": np.zeros(3 * 2**20, np.float32)})
+            assert client.echo({"x": np.zeros(2**20, np.float32)})[1]["x"].shape == (2**20,)
