@@ -205,8 +205,8 @@ class ViewportSession:
         region, view = context.region, context.region_data
         if engine not in self._engines:
             self._engines.append(engine)
-            jobs.watch(self._redraw_watcher)
-            jobs.ensure_pump()
+        jobs.watch(self._redraw_watcher)  # both cheap when already so; the pump may have been stopped (add-on
+        jobs.ensure_pump()  # disabled and enabled again) while this viewport kept drawing
         settings = backend_settings()
         requester = self._ensure_requester(settings)
         size = preview_size(region.width, region.height)
