@@ -28,6 +28,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
+from . import compat
 from . import points as pts
 from ._bridge import srgb8_to_linear
 from .cameras import set_camera_from_colmap
@@ -149,7 +150,7 @@ def _build(scene, name: str, data: ReconstructionData, load_images: bool, scale:
             report(0.75 + 0.2 * i / len(data.cameras), f"camera {i + 1}/{len(data.cameras)}")
 
     for layer in scene.view_layers:
-        lc = _find_layer_collection(layer.layer_collection, photos)
+        lc = _find_layer_collection(compat.layer_collection(layer), photos)
         if lc is not None:
             lc.hide_viewport = True
     (w, h), _ = Counter((c.width, c.height) for c in data.cameras).most_common(1)[0]

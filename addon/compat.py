@@ -66,6 +66,14 @@ def material_node_tree(material):
     return material.node_tree
 
 
+def layer_collection(view_layer):
+    """The root LayerCollection of a view layer. Since 5.2 a scene made in this session has none until its view
+    layer is synced (``view_layer.update()``); earlier releases create it with the scene."""
+    if view_layer.layer_collection is None:
+        view_layer.update()
+    return view_layer.layer_collection
+
+
 # ---------------------------------------------------------------------------------------------- compositor
 
 

@@ -82,7 +82,7 @@ case "$cmd" in
     rc=0
     for lane in "${lanes[@]}"; do
       if wait "${pids[$lane]}"; then status=passed; else status=FAILED; rc=1; fi
-      cpu=$(awk '{printf "%.0f", $1 + $2}' ".lanes/$lane.cpu" 2>/dev/null || echo "?")
+      cpu=$(tail -n 1 ".lanes/$lane.cpu" 2>/dev/null | awk '{printf "%.0f", $1 + $2}')
       echo "lane $lane (bpy ${BPY[$lane]}): $status in $(cat ".lanes/$lane.seconds") s ($cpu CPU s) — $(grep -E "passed|failed|error" ".lanes/$lane.log" | tail -n 1)"
     done
     exit "$rc" ;;
