@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # data
-    load_size: int = 512  # every view is resized/center-cropped to this square; the encoder sees all of it
+    load_size: int = 512  # short side of every view (aspect kept); items are load_size squares anywhere along it
     crop_size: int = 256  # random training crops the rerenderer sees (paper: 256 x 256)
     batch_size: int = 8
     num_workers: int = 2
