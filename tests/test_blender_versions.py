@@ -203,34 +203,38 @@ RENDER_SCRIPT = r'''
 import json, sys
 import numpy as np
 import bpy
-sys.path.insert(0, sys.argv[4])
+sys.path.insert(0, sys.argv[3])
 from support_colmap import TINY_CAMERAS
 from rerender.addon import colmap_import, compat, deep_buffer
-workspace, out, shift_px = sys.argv[1], sys.argv[2], float(sys.argv[3])
+workspace, out = sys.argv[1], sys.argv[2]
 bpy.ops.wm.read_factory_settings(use_empty=True)
 scene = bpy.context.scene
 imported = colmap_import.import_reconstruction(workspace, scene)
-arrays = {}
-for name, _, _, w, h, _, _ in TINY_CAMERAS:
-    cam = imported.cameras[name]
-    cam.data.shift_x += shift_px / w  # shift is in units of the image width (sensor fit horizontal)
-    buf = deep_buffer.render_deep_buffer(scene, cam, resolution=(w, h), splat_px=1.5)
-    for field in ("color", "depth", "label", "mask"):
-        arrays[f"{name}/{field}"] = getattr(buf, field)
-np.savez(out, **arrays)
+for shift_px in map(float, sys.argv[4:]):  # one .npz per camera shift (in pixels, along x)
+    arrays = {}
+    for name, _, _, w, h, _, _ in TINY_CAMERAS:
+        cam = imported.cameras[name]
+        cam.data.shift_x += shift_px / w  # shift is in units of the image width (sensor fit horizontal)
+        buf = deep_buffer.render_deep_buffer(scene, cam, resolution=(w, h), splat_px=1.5)
+        cam.data.shift_x -= shift_px / w
+        for field in ("color", "depth", "label", "mask"):
+            arrays[f"{name}/{field}"] = getattr(buf, field)
+    np.savez(f"{out}_{shift_px:g}.npz", **arrays)
 print("RESULT " + json.dumps({"blender": compat.blender_version_string()}))
 '''
 
 
-def render_in(python: str, workspace: Path, out: Path, shift_px: float = 0.0) -> str:
-    """Deep buffers of every photo camera of ``workspace`` rendered by the Blender of ``python``; its version."""
+def render_in(python: str, workspace: Path, out: Path, shifts_px: tuple[float, ...] = (0.0,)) -> tuple[str, list]:
+    """Deep buffers of every photo camera of ``workspace`` rendered by the Blender of ``python``, once per camera
+    shift (pixels); returns that Blender's version and the buffers of each shift."""
     script = out.with_suffix(".py")
     script.write_text(RENDER_SCRIPT)
-    proc = subprocess.run([python, str(script), str(workspace), str(out), str(shift_px), str(ROOT / "tests")],
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([python, str(script), str(workspace), str(out), str(ROOT / "tests"),
+                           *map(str, shifts_px)], capture_output=True, text=True, timeout=400)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return json.loads(line[len("RESULT "):])["blender"]
+    buffers = [dict(np.load(f"{out}_{shift:g}.npz")) for shift in shifts_px]
+    return json.loads(line[len("RESULT "):])["blender"], buffers
 
 
 def buffer_difference(a: dict, b: dict) -> dict:
@@ -263,11 +267,9 @@ def test_deep_buffers_match_the_training_blender(tmp_path):
         pytest.skip("this is the training Blender: the lanes compare 4.5, 5.2 and 5.3 against it")
     labels = (np.arange(1501) % 7 + 1).astype(np.uint8)
     ws = write_tiny_workspace(tmp_path / "ws", n_points=1500, labels=labels)
-    version_here = render_in(sys.executable, ws.workspace, tmp_path / "here.npz")
-    version_ref = render_in(BACKEND_PYTHON, ws.workspace, tmp_path / "ref.npz")
-    render_in(BACKEND_PYTHON, ws.workspace, tmp_path / "shift.npz", shift_px=0.25)
+    version_here, (here_b,) = render_in(sys.executable, ws.workspace, tmp_path / "here")
+    version_ref, (ref_b, shift_b) = render_in(BACKEND_PYTHON, ws.workspace, tmp_path / "ref", (0.0, 0.25))
     assert version_ref == TRAINING_BLENDER, f"the main environment runs bpy {version_ref}, not {TRAINING_BLENDER}"
-    here_b, ref_b, shift_b = (dict(np.load(tmp_path / f"{n}.npz")) for n in ("here", "ref", "shift"))
     cross = buffer_difference(ref_b, here_b)
     jitter = buffer_difference(ref_b, shift_b)
     report = {"blender": version_here, "reference": version_ref, "vs_training": cross, "quarter_px_shift": jitter}
