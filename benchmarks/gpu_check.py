@@ -86,6 +86,49 @@ class _Hide(importlib.abc.MetaPathFinder):
         return None
 
 
+def _pytest_stand_in() -> types.ModuleType:
+    """Enough of pytest for a test-support module to import: decorators that return what they decorate."""
+    module = types.ModuleType("pytest")
+    module.__spec__ = importlib.machinery.ModuleSpec("pytest", None)  # torch._dynamo looks modules up by spec
+
+    def fixture(*args, **kwargs):
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    module.fixture = fixture  # type: ignore[attr-defined]
+    return module
+
+
+def _tqdm_stand_in() -> types.ModuleType:
+    """A silent progress bar with tqdm's interface (the trainer opens one even with progress off)."""
+    module = types.ModuleType("tqdm")
+    module.__spec__ = importlib.machinery.ModuleSpec("tqdm", None)
+
+    class tqdm:  # noqa: N801 - tqdm's name
+        def __init__(self, iterable=None, *args, **kwargs) -> None:
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable or ())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def update(self, *args, **kwargs) -> None:
+            pass
+
+        def set_postfix(self, *args, **kwargs) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    module.tqdm = tqdm  # type: ignore[attr-defined]
+    return module
+
+
 def bootstrap(force_shim: bool, wheels: Path | None, pretend_missing: set[str]) -> dict:
     """Make ``import rerender`` work from this checkout, with stand-ins for missing optional packages."""
     info: dict = {}
@@ -116,13 +159,23 @@ def bootstrap(force_shim: bool, wheels: Path | None, pretend_missing: set[str]) 
             del sys.modules[name]
         info["import"] = f"path shim {shim}"
     missing = set()
-    for name in ("zmq", "msgpack"):
+    for name in ("zmq", "msgpack", "safetensors"):  # only the socket path and bundle files use these
         try:
             __import__(name)
         except ImportError:
             missing.add(name)
     if missing:
         sys.meta_path.insert(0, _StubFinder(missing))
+    for name, stand_in in (("pytest", _pytest_stand_in), ("tqdm", _tqdm_stand_in)):  # used, but not for results
+        try:
+            __import__(name)
+        except ImportError:
+            missing.add(name)
+            sys.modules[name] = stand_in()
+    try:
+        import PIL  # noqa: F401  (the training views are PNGs: the training section needs Pillow)
+    except ImportError:
+        missing.add("PIL (training section needs it: put a Pillow wheel in --wheels)")
     info["missing"] = sorted(missing)
     sys.path.insert(0, str(ROOT / "tests"))  # support_dataset: the procedural training views
     os.environ.setdefault("RERENDER_VGG_DOWNLOAD", "0")  # no network there: random VGG weights cost the same
