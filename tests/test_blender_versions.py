@@ -23,7 +23,6 @@ import pytest
 bpy = pytest.importorskip("bpy")
 pytest.importorskip("pycolmap")
 
-from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
 from support_backend import BACKEND_PYTHON  # noqa: E402
 from support_colmap import write_tiny_workspace  # noqa: E402
 

@@ -19,7 +19,6 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from support_backend import free_tcp_address  # noqa: E402
-from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
 
 from rerender.addon import compat  # noqa: E402
 from rerender.bridge import Client, srgb8_to_linear  # noqa: E402

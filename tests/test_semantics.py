@@ -16,7 +16,6 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from support_addon import addon, backend  # noqa: E402,F401  (pytest fixtures)
 
 pytestmark = pytest.mark.blender
 
