@@ -110,8 +110,6 @@ def prepare_data(data: Path, photos: int, val: int, quality: str, seed: int) -> 
 
 
 def base_config(args: argparse.Namespace):
-    from rerender.training.config import TrainConfig
-
     values: dict[str, Any] = dict(
         load_size=128, crop_size=96, batch_size=4, num_workers=0, cache_views=True, style_size=128,
         steps_stage1=10 ** 6, steps_stage2=10 ** 6, steps_stage3=10 ** 6, steps_semantic=0, steps_baseline=10 ** 6,

@@ -27,7 +27,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rerender.bridge.cameras import PinholeCamera
-from rerender.bridge.buffers import DeepBuffer
 
 from .class_shares import class_counts, remap_lut, shares, shares_text, transient_warnings
 from .native_output import native_output_to, quiet_import_bpy

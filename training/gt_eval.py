@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from rerender.backend.runtime import ModelRuntime
 from rerender.bridge.buffers import DeepBuffer

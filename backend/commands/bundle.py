@@ -87,7 +87,7 @@ def _info(args: argparse.Namespace) -> int:
         f"format      version {c.format_version}",
         f"rerenderer  U-Net base {c.base_channels}, depth {c.depth} (frames padded to multiples of {c.multiple}), "
         f"max {c.max_channels} channels, {params['rerenderer'] / 1e6:.2f} M parameters",
-        f"appearance  " + (f"latent {c.latent_size}, encoder width {c.encoder_channels} x {c.encoder_blocks} blocks, "
+        "appearance  " + (f"latent {c.latent_size}, encoder width {c.encoder_channels} x {c.encoder_blocks} blocks, "
                            f"{params['encoder'] / 1e6:.2f} M parameters" if c.latent_size else "none (I2I variant)"),
         f"semantic    {params['semantic'] / 1e6:.2f} M parameters; rerenderer "
         f"{'uses' if c.use_semantics else 'ignores'} labels",

@@ -188,7 +188,7 @@ def key_points(overrides: dict[str, float] | None = None) -> dict[str, tuple[flo
     """Named points on the building's visible surfaces (for projection checks). Each lies on a front face,
     a little inside its edges, where nothing of the landmark hides it from the square."""
     p = landmark_params(overrides)
-    hw, hd, ts, th = p["nave_half_width"], p["nave_half_depth"], p["tower_size"], p["tower_height"]
+    hw, hd, th = p["nave_half_width"], p["nave_half_depth"], p["tower_height"]
     front = -hd - 1.0  # the towers' front faces
     out = {}
     for side, sx in (("left", -1.0), ("right", 1.0)):
