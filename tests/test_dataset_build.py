@@ -218,3 +218,32 @@ def test_dataset_command_is_quiet_without_verbose(tmp_path_factory, shared_dir):
     assert not any(line.startswith("Saved:") for line in lines), "Blender's per-file lines should be in the log"
     assert any("views kept" in line for line in lines) and any("segmenter: espnet" in line for line in lines)
     assert "Saved:" in (out / "work" / "native.log").read_text()
+
+
+def test_class_shares_warning_and_remap_table():
+    from rerender.training.class_shares import (class_counts, parse_remap, remap_lut, shares, shares_text,
+                                                transient_warnings)
+
+    car, building, sky = (DEFAULT_CLASSES.id_of(n) for n in ("car", "building", "sky"))
+    points = np.array([car] * 51 + [building] * 40 + [sky] * 9 + [255] * 50, np.uint8)
+    point_shares = shares(class_counts([points]), DEFAULT_CLASSES)
+    assert point_shares == pytest.approx({"car": 0.51, "building": 0.40, "sky": 0.09})  # unknown not counted
+    assert list(point_shares) == ["car", "building", "sky"]
+    warnings = transient_warnings(point_shares, DEFAULT_CLASSES)
+    assert len(warnings) == 1 and "51%" in warnings[0] and "--remap car=building" in warnings[0]
+    assert transient_warnings({"person": 0.05, "building": 0.95}, DEFAULT_CLASSES) == []  # a few real passers-by
+    assert shares_text({"sky": 0.5, "car": 0.004}, point_shares).startswith("sky 50% / 9%, car 0% / 51%")
+
+    lut = remap_lut(parse_remap(["car=building", " truck = building "]), DEFAULT_CLASSES)
+    assert lut[car] == building and lut[DEFAULT_CLASSES.id_of("truck")] == building and lut[sky] == sky
+    assert lut[255] == 255
+    with pytest.raises(RemapError, match="CLASS=CLASS"):
+        parse_remap(["car"])
+    with pytest.raises(RemapError, match="'statue' is not a class.*road, sidewalk, building"):
+        remap_lut({"car": "statue"}, DEFAULT_CLASSES)
+
+
+def test_bad_remap_is_refused_by_the_command(tmp_path, capsys):
+    (tmp_path / "ws").mkdir()
+    assert rerender_main(["dataset", str(tmp_path / "ws"), "--out", str(tmp_path / "d"), "--remap", "car"]) == 2
+    assert "use CLASS=CLASS" in capsys.readouterr().err

@@ -130,3 +130,24 @@ def test_explicit_settings_that_take_hours_are_warned_up_front(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="rerender.train"):
         _warn_if_long(args, TrainConfig.tiny(), DistContext())  # a few steps: no probe, no warning
     assert "estimated" not in caplog.text
+
+
+def test_remaining_phases_are_rescaled_to_the_time_left(tmp_path):
+    from rerender.training.budget import MAX_GROWTH, _fit_remaining
+    from rerender.training.trainer import Trainer
+
+    dataset = make_dataset(tmp_path / "d", n_train=4, n_val=1)
+    cfg = TrainConfig.tiny(steps_stage1=10, steps_stage2=50, steps_stage3=20, steps_semantic=20)
+    trainer = Trainer(dataset, tmp_path / "run", cfg, progress=False)
+    planned = {p: trainer.steps_for(p) for p in trainer.phases}
+    trainer.phase_index, trainer.phase_step = 1, 30  # 30 of stage 2's 50 steps done
+    cost = {"appearance": 0.1, "rerender": 1.0, "finetune": 2.0, "semantic": 0.5}
+    _fit_remaining(trainer, 30.0, planned, cost)  # 20 + 40 + 10 = 70 s of work left, 30 s of time
+    left = (trainer.steps_for("rerender") - 30) * 1.0 + trainer.steps_for("finetune") * 2.0 \
+        + trainer.steps_for("semantic") * 0.5
+    assert 25 <= left <= 30 and trainer.steps_for("finetune") >= 1 and trainer.steps_for("semantic") >= 1
+    _fit_remaining(trainer, 0.0, planned, cost)  # out of time: the current phase ends, later ones keep a step
+    assert trainer.steps_for("rerender") == 30 and trainer.steps_for("finetune") == 1
+    _fit_remaining(trainer, 1e6, planned, cost)  # a faster machine: more steps, up to MAX_GROWTH x the plan
+    assert trainer.steps_for("finetune") == int(20 * MAX_GROWTH)
+    assert trainer.steps_for("appearance") == 10  # finished phases are left alone
