@@ -253,7 +253,8 @@ def build_dataset(workspace: str | Path, out: str | Path, options: DatasetOption
     if record is None:
         from rerender.bridge.classes import DEFAULT_CLASSES
 
-        record = ("unknown (segmentations made before the segmenter was recorded)", DEFAULT_CLASSES)
+        record = ("none recorded (segmentations put in work/segmentation by another tool; Cityscapes table "
+                  "assumed)", DEFAULT_CLASSES)
     segmenter_name, classes = record
     lut = remap_lut(opt.remap, classes)
 
