@@ -79,6 +79,7 @@ def test_gallery_looks_arrive_with_thumbnails(shot, backend):
         np.testing.assert_array_equal(appearance.image_pixels(image), entry.thumbnail)
 
 
+@pytest.mark.lane  # also on every supported Blender (packaging/blender_lanes.sh)
 def test_keyed_gallery_looks_interpolate_and_the_backend_gets_each_frames_latent(shot, backend, tmp_path):
     from rerender.addon import appearance, engine, properties
     from rerender.addon.deep_buffer import render_deep_buffer
@@ -103,7 +104,9 @@ def test_keyed_gallery_looks_interpolate_and_the_backend_gets_each_frames_latent
 
     # the animation: frames 1, 6, 11; the backend must receive what the F-curves give at each
     shot.frame_start, shot.frame_end, shot.frame_step = 1, 11, 5
-    shot.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    from rerender.addon.compat import set_multilayer_exr
+
+    set_multilayer_exr(shot.render.image_settings)
     shot.render.image_settings.color_depth = "32"
     shot.render.filepath = str(tmp_path / "look_")
     engine.last_latents.clear()
