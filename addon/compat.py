@@ -17,6 +17,8 @@ What differs:
 - Geometry Nodes modifier inputs: ID properties (``mod[identifier]``) up to 5.1; RNA properties
   (``mod.properties.inputs.<identifier>.value``) from 5.2, where the object must be tagged for update.
 - EEVEE 4.x drops the shader AOVs of a view-layer material override (the one behaviour asked by version).
+- Since 5.2 a scene created in the session has no layer collection until its view layer is synced.
+- Material node trees are opt-in in 4.x (``use_nodes``, deprecated in 5.0 where they are always on).
 - OpenImageIO: most builds ship its Python module in Blender's private site-packages; where it is missing a
   pure-numpy EXR reader (exr_read.py) takes over.
 """
@@ -43,7 +45,7 @@ def eevee_engine_id() -> str:
 
 
 def blender_version_string() -> str:
-    """'4.5.15', '5.0.1', ... of the running Blender (recorded with datasets; never used to pick an API)."""
+    """'4.5.15', '5.0.1', ... of the running Blender (for reports and messages; never used to pick an API)."""
     import bpy
 
     return ".".join(str(v) for v in bpy.app.version)

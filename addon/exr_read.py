@@ -159,6 +159,13 @@ def read_exr_parts(path: str | os.PathLike) -> list[ExrPart]:
     where = os.fspath(path)
     with open(path, "rb") as f:
         data = f.read()
+    try:
+        return _read_parts(data, where)
+    except (struct.error, ValueError, IndexError, KeyError, zlib.error) as exc:
+        raise ExrFormatError(f"{where} is truncated or damaged ({type(exc).__name__}: {exc})") from None
+
+
+def _read_parts(data: bytes, where: str) -> list[ExrPart]:
     if len(data) < 8 or struct.unpack_from("<i", data, 0)[0] != MAGIC:
         raise ExrFormatError(f"{where} is not an OpenEXR file")
     flags = struct.unpack_from("<i", data, 4)[0]
