@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -110,7 +111,9 @@ class Demo:
                     any(had.get("preset", {}).get(k, mine["preset"][k]) != mine["preset"][k] for k in keys):
                 raise DemoError(f"{self.out} holds a demo made with other settings ({settings}: photos, size, "
                                 f"seed, poses or segmenter differ); choose another --out, or delete the folder")
-        settings.write_text(json.dumps(wanted, indent=2))
+        tmp = settings.with_name(f".settings.{os.getpid()}.part")
+        tmp.write_text(json.dumps(wanted, indent=2))
+        tmp.replace(settings)  # atomic: processes sharing a data folder (bench_quality's rows) read it meanwhile
 
     def run(self, stages: tuple[str, ...] = STAGES) -> DemoResult:
         """Run ``stages`` (all by default; the quality benchmark runs only the data stages) in pipeline order."""
