@@ -245,6 +245,10 @@ def _deep_buffer_material_by_modifier(objects):
             mod = obj.modifiers.new(MATERIAL_MODIFIER, "NODES")
             mod.node_group = group
             mod.show_viewport = False
+        last = len(obj.modifiers) - 1
+        index = list(obj.modifiers).index(mod)
+        if index != last:  # after every other modifier (the transient filter comes and goes)
+            obj.modifiers.move(index, last)
         mod.show_render = True
         switched.append(mod)
     try:

@@ -16,8 +16,10 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from rerender.addon import compat  # noqa: E402
 
-pytestmark = pytest.mark.blender
+
+pytestmark = [pytest.mark.blender, pytest.mark.lane]
 
 W, H = 64, 48  # multiples of the small bundle's U-Net multiple (4)
 BUILDING, PERSON = 2, 11
@@ -140,7 +142,7 @@ def test_fill_labels_label_pass_is_what_the_network_received(shot, backend, tmp_
 
     shot.camera.location.z = 1.2  # the top of the frame looks over the wall: "sky" no point covers
     shot.rerender.fill_labels = True
-    shot.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    compat.set_multilayer_exr(shot.render.image_settings)
     shot.render.image_settings.color_depth = "32"
     shot.render.filepath = str(tmp_path / "filled.exr")
     bpy.ops.render.render(scene=shot.name, write_still=True)
