@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
             # the final checkpoint and the export, whose gallery encodes every training photo once (forward only:
             # about a third of a stage-1 step's cost per photo, batch-normalised; doubled for safety)
             per_photo = (plan.seconds_per_step["appearance"] / config.batch_size / 3) if not args.resume else 0.05
-            reserve = max(8.0, 0.04 * budget, 5.0 + 2 * per_photo * len(trainer.train_set))
+            reserve = max(10.0, 0.05 * budget, 5.0 + 2 * per_photo * len(trainer.train_set))
             run_within(trainer, started + budget, None if args.resume else plan.seconds_per_step, reserve=reserve,
                        progress=ctx.is_main)
         else:
