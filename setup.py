@@ -1,4 +1,4 @@
-"""Maps the top-level folders onto one import namespace, ``rerender.*`` (DESIGN §2).
+"""Maps the top-level folders onto one import namespace, ``rerender.*`` (docs/design.md §2).
 
 The folders show the architecture (bridge/, backend/, training/, addon/), while the installed names cannot
 collide with anything else in a shared site-packages. setup.py only exists because the package list must be

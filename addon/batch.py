@@ -1,4 +1,4 @@
-"""Batch (animation) renders: pipelining, progress with remaining time, resume (GitHub issue 6, item 5).
+"""Batch (animation) renders: pipelining, progress with remaining time, resume (docs/addon.md, "Animation renders").
 
 Pipelining, and why this shape: Blender calls ``RenderEngine.render()`` once per frame, and each call must write
 its own frame. The slow parts of a frame are the EEVEE deep buffer (CPU/GPU of the Blender machine) and the network

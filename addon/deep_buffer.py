@@ -1,8 +1,8 @@
-"""THE rasterizer: the deep buffer (DESIGN §3) of any camera at any frame, rendered by EEVEE.
+"""THE rasterizer: the deep buffer (docs/design.md §3) of any camera at any frame, rendered by EEVEE.
 
 One function, :func:`render_deep_buffer`, serves the render engine at shot time (called from inside
 ``RenderEngine.render``) and the dataset builder at training time (called from plain bpy scripts), so the network
-never sees buffers from two different renderers (DESIGN §1).
+never sees buffers from two different renderers (docs/design.md §1).
 
 How: a hidden helper scene (``.rerender deep buffer``) links the shot scene's point clouds, every object that
 carries a semantic class, and the camera. Its view layer overrides every material with an unlit one (albedo as
@@ -445,7 +445,7 @@ def _world_camera(camera, width: int, height: int, aspect, evaluated=None):
 
 
 def _to_deep_buffer(rgba: np.ndarray, depth: np.ndarray, label: np.ndarray, hw: tuple[int, int]) -> DeepBuffer:
-    """EXR pass arrays -> the DESIGN §3 contract (mask from alpha; empty pixels get 0 / +inf / 255)."""
+    """EXR pass arrays -> the docs/design.md §3 contract (mask from alpha; empty pixels get 0 / +inf / 255)."""
     if rgba.shape[:2] != hw:
         raise DeepBufferError(f"EEVEE rendered {rgba.shape[1]} x {rgba.shape[0]} pixels, expected {hw[1]} x {hw[0]}")
     mask = rgba[..., 3] > 0.5

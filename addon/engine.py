@@ -1,4 +1,4 @@
-"""The "Neural Rerender" render engine (``bl_idname = "RERENDER"``, DESIGN §6).
+"""The "Neural Rerender" render engine (``bl_idname = "RERENDER"``, docs/design.md §6).
 
 Per frame: rasterize the point cloud from the shot camera with EEVEE in the hidden helper scene (the teammate's
 ``render_deep_buffer``, the same code that made the training buffers), send that deep buffer and the frame's
@@ -242,7 +242,7 @@ class RerenderEngine(bpy.types.RenderEngine):
 
     def _prefetch(self, client, scene: bpy.types.Scene, camera: bpy.types.Object, frame: int,
                   size: tuple[int, int], latent_now: np.ndarray, key: tuple) -> batch.Prefetched:
-        """Rasterize ``frame`` ahead of time and submit it (the pipelining of issue 6, item 5)."""
+        """Rasterize ``frame`` ahead of time and submit it (the pipelining of docs/addon.md, "Animation renders")."""
         with bpy.context.temp_override(scene=scene):
             buffer = render_deep_buffer(scene, camera, frame=frame, resolution=size,
                                         splat_px=properties.splat_px(scene))

@@ -1,13 +1,15 @@
-"""Point rasterizer on Blender's ``gpu`` module, for the viewport preview only (issue 6, item 4).
+"""Point rasterizer on Blender's ``gpu`` module, for the viewport preview only (docs/addon.md, "Viewport
+preview").
 
 Why a second rasterizer: ``view_draw`` runs inside Blender's draw loop, where the nested EEVEE render of
 ``deep_buffer.render_deep_buffer`` cannot run, and the ``gpu`` module draws a million points in a fraction of a
-second (reference/blender-facts.md). Why only for the preview: the network was trained on EEVEE's buffers (DESIGN
-§1, one rasterizer), so final frames always come from EEVEE; the preview's buffers are checked against EEVEE's
-within a stated tolerance (tests/test_viewport.py) so that what the artist previews is what the network expects.
+second (reference/blender-facts.md). Why only for the preview: the network was trained on EEVEE's buffers
+(docs/design.md §1, one rasterizer), so final frames always come from EEVEE; the preview's buffers are checked
+against EEVEE's within a stated tolerance (tests/test_viewport.py) so that what the artist previews is what the
+network expects.
 
-Same contract as the EEVEE deep buffer (DESIGN §3): color (linear albedo), planar depth, label, mask. Points are
-squares of side ``round(sqrt(2) * splat_px)`` pixels (the area of EEVEE's diamonds of radius ``splat_px``).
+Same contract as the EEVEE deep buffer (docs/design.md §3): color (linear albedo), planar depth, label, mask.
+Points are squares of side ``round(sqrt(2) * splat_px)`` pixels (the area of EEVEE's diamonds of radius ``splat_px``).
 The ``gpu`` module needs a GPU context: the viewport has one; background mode has none (the test runs it inside a
 render engine with ``bl_use_gpu_context = True``).
 """

@@ -1,4 +1,4 @@
-"""Point-cloud objects and the node setups that draw them (DESIGN §6).
+"""Point-cloud objects and the node setups that draw them (docs/design.md §6).
 
 A point cloud is a vertex-only mesh (fast to fill with ``foreach_set``) carrying a FLOAT_COLOR attribute with the
 scene-linear color and an INT attribute with the semantic label. A vertex-only mesh renders nothing in EEVEE, so a

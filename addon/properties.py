@@ -1,4 +1,4 @@
-"""Scene-level settings of a Rerender shot, above all the appearance latent (DESIGN §6).
+"""Scene-level settings of a Rerender shot, above all the appearance latent (docs/design.md §6).
 
 Why a collection for the latent: a ``FloatVectorProperty``'s size is fixed when the class is registered (and is
 at most 32), but the latent size belongs to the model bundle (8 by default, as in the paper, but a bundle may be

@@ -1,4 +1,4 @@
-"""Semantic edits (issue 6, item 3): give any Blender object a class, hide the photos' transient points.
+"""Semantic edits (docs/artist-workflow.md): give any Blender object a class, hide the photos' transient points.
 
 Why an enum that writes the ``rerender_class`` custom property: the deep-buffer material already reads that
 property per object (``points.OBJECT_CLASS_PROP``, an OBJECT attribute of the label AOV) and the helper scene
@@ -22,7 +22,7 @@ NONE = "NONE"
 
 
 def class_table():
-    """The class table the add-on offers (Cityscapes, as the default bundles; DESIGN §4)."""
+    """The class table the add-on offers (Cityscapes, as the default bundles; docs/design.md §4)."""
     return bridge.classes.DEFAULT_CLASSES
 
 

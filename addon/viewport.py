@@ -1,4 +1,4 @@
-"""Viewport preview (issue 6, item 4): the rerendered frame in the 3D viewport's Rendered mode.
+"""Viewport preview (docs/addon.md, "Viewport preview"): the rerendered frame in the 3D viewport's Rendered mode.
 
 Why this shape: the viewport must never wait for the network. ``view_draw`` (main thread, GPU context) rasterizes
 the point cloud at a reduced resolution with the ``gpu`` module (gpu_raster.py; EEVEE's nested render cannot run

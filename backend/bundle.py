@@ -6,7 +6,7 @@
   B/gallery.json          named appearance latents: {"appearances": [{"name", "latent": [...], "thumbnail"}]}
   B/gallery/<name>.png    a small sRGB thumbnail per appearance
 
-Why safetensors: no pickle (DESIGN §5's rule extends to files a user downloads), and it loads without copies.
+Why safetensors: no pickle (docs/design.md §5's rule extends to files a user downloads), and it loads without copies.
 Saving is atomic (write a temporary sibling directory, then rename) so a crash never leaves half a bundle.
 """
 

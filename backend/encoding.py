@@ -2,7 +2,7 @@
 
 Every number that shapes the network input (depth range and mode, label encoding, palette) lives in an
 ``InputEncoding`` stored in the model bundle's config, so training, the server and evaluation cannot disagree
-(DESIGN §3: "Network input normalisation ... is stored in the model bundle, not hard-coded twice").
+(docs/design.md §3: "Network input normalisation ... is stored in the model bundle, not hard-coded twice").
 
 Channel layout of an encoded buffer, every channel in [-1, 1] (the authors' 7 channels + a mask):
   0..2  point color as sRGB (the buffer stores linear float16; converted with bridge.colors), empty -> -1

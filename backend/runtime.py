@@ -269,7 +269,7 @@ class ModelRuntime:
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def fill_labels(self, buffers: Sequence[DeepBuffer]) -> list[DeepBuffer]:
-        """The buffers with S's predicted class where no point was drawn and the label is unknown (DESIGN §4b).
+        """The buffers with S's predicted class where no point was drawn and the label is unknown (docs/design.md §4b).
 
         Why only there: a point's label came from the photos (or from the artist's tagged object) and is more
         trustworthy than a prediction; S is for the sky and ground that no point covers. Color, depth and mask

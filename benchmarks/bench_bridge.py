@@ -1,7 +1,8 @@
 """Bridge round-trip overhead: the protocol's `echo` op vs a raw ZeroMQ echo of the same bytes.
 
 What it measures, and why: the bridge adds a msgpack header, validation and request-id matching on top of
-ZeroMQ. DESIGN §5 claims raw frames make that cheap; this prints (and writes to benchmarks/results/bench_bridge.json)
+ZeroMQ. docs/design.md §5 claims raw frames make that cheap; this prints (and writes to
+benchmarks/results/bench_bridge.json)
   * deep buffers at 512x512 and 1920x1080 (wire form: uint8 sRGB color, float16 depth, uint8 label, uint8 mask)
     over tcp and ipc: median/p90 round trip of `Client.echo` (a real `rerender serve --transport-only` process)
     and of a raw DEALER/ROUTER echo process sending the same frames; overhead = bridge - raw;

@@ -1,4 +1,4 @@
-"""rerender.bridge: the shared types and the wire protocol between Blender and the backend (DESIGN §3, §5).
+"""rerender.bridge: the shared types and the wire protocol between Blender and the backend (docs/design.md §3, §5).
 
 Imports only numpy, pyzmq and msgpack, with relative imports inside: it is vendored into the Blender extension and
 imported by the backend. The protocol spec is docs/protocol.md.

@@ -1,4 +1,5 @@
-"""The deep buffer of one view: the contract between Blender, the wire, the dataset and the networks (DESIGN §3).
+"""The deep buffer of one view: the contract between Blender, the wire, the dataset and the networks
+(docs/design.md §3).
 
 Arrays are H x W, row 0 = top:
   color  float16 H x W x 3, scene-linear unlit point albedo, 0 where no point
@@ -18,7 +19,7 @@ from .classes import UNKNOWN
 
 
 class BufferError(ValueError):
-    """A deep buffer whose arrays break the contract of DESIGN §3."""
+    """A deep buffer whose arrays break the contract of docs/design.md §3."""
 
 
 @dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""The semantic class table shared by the add-on, the backend and training (DESIGN §4).
+"""The semantic class table shared by the add-on, the backend and training (docs/design.md §4).
 
 Two tables: ``LANDMARK_CLASSES`` (what the ADE20K segmenter, the default for photo collections, maps its 150 classes
 onto) and ``DEFAULT_CLASSES``, Cityscapes' 19 train ids (the ESPNet fallback, and what code without a dataset assumes);

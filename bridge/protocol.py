@@ -1,4 +1,4 @@
-"""The wire format of the bridge (DESIGN §5; the full spec is docs/protocol.md).
+"""The wire format of the bridge (docs/design.md §5; the full spec is docs/protocol.md).
 
 A message is a ZeroMQ multipart message: frame 0 is a msgpack map (the header), frames 1..n are the raw bytes of
 the arrays the header declares, in order. Arrays travel as raw frames, not inside msgpack, because that halves the

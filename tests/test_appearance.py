@@ -1,4 +1,4 @@
-"""Looks on the real Blender against a real `rerender serve` (issue 6, items 1-2).
+"""Looks on the real Blender against a real `rerender serve` (docs/artist-workflow.md).
 
 What must hold: the gallery fetched in the background lands as looks with their thumbnails; two gallery looks keyed
 at frames 1 and 11 give, at frame 6, exactly the latent half-way (linear F-curves), a constant key holds; an

@@ -1,4 +1,5 @@
-"""Batch renders (issue 6, item 5): the client's submit/collect, pipelined animation renders, resume, ETA.
+"""Batch renders (docs/addon.md, "Animation renders"): the client's submit/collect, pipelined animation renders,
+resume, ETA.
 
 Real parts only: `rerender serve` subprocesses (one with a simulated fixed latency), real Blender (bpy) rendering
 EEVEE deep buffers inside the Neural Rerender engine, and for the latent check a real Server + ModelRuntime in this

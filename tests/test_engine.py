@@ -1,9 +1,9 @@
 """The Neural Rerender engine end to end: real Blender (bpy), real EEVEE deep buffers, a real `rerender serve`.
 
-What must hold (issue 4, items 3-6): F12 writes a multilayer EXR with Combined, Depth, Albedo, Label and Mask of the
-render size, and Combined is exactly the backend's answer for that deep buffer and latent (in linear); an animation
-of a moving camera with a keyed look gives one output per frame, each with that frame's camera and latent; the
-compositor runs on the passes; the panel status reaches "connected" without blocking.
+What must hold (docs/addon.md, "The render engine"): F12 writes a multilayer EXR with Combined, Depth, Albedo, Label
+and Mask of the render size, and Combined is exactly the backend's answer for that deep buffer and latent (in
+linear); an animation of a moving camera with a keyed look gives one output per frame, each with that frame's camera
+and latent; the compositor runs on the passes; the panel status reaches "connected" without blocking.
 """
 
 from __future__ import annotations

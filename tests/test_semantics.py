@@ -1,4 +1,4 @@
-"""Semantic edits on the real Blender and a real `rerender serve` (issue 6, item 3).
+"""Semantic edits on the real Blender and a real `rerender serve` (docs/artist-workflow.md).
 
 What must hold: an object tagged "person" in its panel appears in the label pass with the person id (and leaves it
 again when untagged); the "Hide Transient Points" toggle removes the point cloud's people from the deep buffer —

@@ -1,4 +1,5 @@
-"""Viewport preview pieces (issue 6, item 4). Headless Blender cannot draw a viewport, so the parts are tested:
+"""Viewport preview pieces (docs/addon.md, "Viewport preview"). Headless Blender cannot draw a viewport, so the
+parts are tested:
 
 * the latest-wins requester against a real `rerender serve` with a 300 ms simulated latency: offers never block,
   stale offers are dropped (not queued), and the image that lands is the backend's answer for the NEWEST offer;

@@ -1,4 +1,4 @@
-"""Ground-truth evaluation on a generated collection: appearance transfer and the transient test (issue 7, item 4).
+"""Ground-truth evaluation on a generated collection: appearance transfer and the transient test (docs/evaluation.md).
 
 Real photo collections cannot answer "what would view A look like under the light of photo B?" — a generated one
 can: its generator re-renders any camera under any photo's appearance, with or without the people in it

@@ -1,6 +1,6 @@
 """Semantic labels onto 3D points: each point gets the majority class of the photo pixels that observe it.
 
-Why: the deep buffer's ``label`` pass is rasterized from per-point labels (DESIGN §4a), so a novel view gets
+Why: the deep buffer's ``label`` pass is rasterized from per-point labels (docs/design.md §4a), so a novel view gets
 semantics wherever it has points, and an artist can edit them like any attribute.
 
 - Sparse points: COLMAP's tracks say exactly which keypoint of which photo observes each point; we vote with the

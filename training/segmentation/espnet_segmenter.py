@@ -1,4 +1,4 @@
-"""The default photo segmenter: pretrained ESPNet on Cityscapes' 19 classes (DESIGN §4).
+"""The default photo segmenter: pretrained ESPNet on Cityscapes' 19 classes (docs/design.md §4).
 
 Preprocessing follows the authors' inference script exactly, because the weights only work with it: BGR channel
 order, subtract the per-channel mean and divide by the std on the 0–255 scale, then divide by 255. The network was

@@ -1,4 +1,4 @@
-"""Synthetic "in the wild" photo collections of a procedural landmark, with full ground truth (issue 7).
+"""Synthetic "in the wild" photo collections of a procedural landmark, with full ground truth (docs/synthetic.md).
 
 ``generate_collection`` renders tourist photos (many viewpoints, lenses, lights, weather, people and cars) with
 their cameras, appearances, transients and exact segmentations; ``render_view`` re-renders any camera under any
