@@ -238,3 +238,26 @@ def test_bpy_free_addon_modules_import_without_blender(module):
             f"import {module}\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_code_references_resolve_inside_the_repository():
+    """Docstrings and comments point at docs/*.md (and docs/design.md §N), never at issue numbers or a DESIGN file
+    a clone of the repository does not have."""
+    import re
+
+    sections = set(re.findall(r"^## (\d+)\.", (ROOT / "docs" / "design.md").read_text(), re.M))
+    files = [path for folder in (*PARTS, "tests", "benchmarks", "packaging") for path in (ROOT / folder).rglob("*.py")
+             if "vendor" not in path.parts]
+    wrong = []
+    for path in files:
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        for match in re.finditer(r"DESIGN(?:\.md)? §\d|\bissue #?\d", text):
+            wrong.append(f"{where}:{text.count(chr(10), 0, match.start()) + 1}: {match.group()!r} does not resolve")
+        for doc, section in re.findall(r"docs/([\w-]+\.md)(?: §(\d+))?", text):
+            if not (ROOT / "docs" / doc).is_file():
+                wrong.append(f"{where}: docs/{doc} does not exist")
+            elif section and doc == "design.md" and section not in sections:
+                wrong.append(f"{where}: docs/design.md has no section {section}")
+    assert len(files) > 150 and sections
+    assert not wrong, "\n".join(wrong)
