@@ -8,7 +8,7 @@ How: a hidden helper scene (``.rerender deep buffer``) links the shot scene's po
 carries a semantic class, and the camera. Its view layer overrides every material with an unlit one (albedo as
 emission, label as a shader AOV), EEVEE runs with 1 sample, no pixel filter and color management off, so values come
 back exact. The compositor writes one single-layer EXR per pass (color+alpha, depth, label) into a RAM folder
-through File Output nodes — the multilayer EXR writer refuses non-square pixels (reference/blender-facts.md) — and
+through File Output nodes — the multilayer EXR writer refuses non-square pixels (docs/addon-rasterizer.md) — and
 exr_io reads them back. What differs between Blender releases (engine id, compositor API, file output) is in
 compat.py.
 """

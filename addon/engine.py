@@ -7,7 +7,7 @@ appearance latent to the backend, and write the returned image as ``Combined`` p
 the compositor, File Output nodes and render farms work unchanged.
 
 Why ``bl_use_gpu_context = False``: the nested EEVEE render of the helper scene deadlocks when the engine holds the
-GPU context (reference/blender-facts.md). Why the errors are reported with ``self.report({'ERROR'})``: that stops
+GPU context (docs/addon.md). Why the errors are reported with ``self.report({'ERROR'})``: that stops
 an animation render at the failing frame and makes ``bpy.ops.render.render`` raise with the message, instead of
 writing a hundred black frames each after a timeout.
 """

@@ -1,7 +1,7 @@
 """Reading EXR render passes back into numpy with the OpenImageIO module that ships inside Blender.
 
 Why OpenImageIO: in background mode Blender's own image API cannot give us pass pixels (the Viewer node stays
-empty, ``bpy.data.images.load`` of a multilayer EXR is 0x0; reference/blender-facts.md). Most Blender builds carry
+empty, ``bpy.data.images.load`` of a multilayer EXR is 0x0; docs/addon.md). Most Blender builds carry
 OpenImageIO's Python module in their private site-packages (compat.openimageio puts it on sys.path); where one
 does not, the pure-numpy reader in exr_read.py reads the uncompressed files the deep buffer writes.
 """

@@ -3,7 +3,7 @@ preview").
 
 Why a second rasterizer: ``view_draw`` runs inside Blender's draw loop, where the nested EEVEE render of
 ``deep_buffer.render_deep_buffer`` cannot run, and the ``gpu`` module draws a million points in a fraction of a
-second (reference/blender-facts.md). Why only for the preview: the network was trained on EEVEE's buffers
+second (docs/addon.md). Why only for the preview: the network was trained on EEVEE's buffers
 (docs/design.md §1, one rasterizer), so final frames always come from EEVEE; the preview's buffers are checked
 against EEVEE's within a stated tolerance (tests/test_viewport.py) so that what the artist previews is what the
 network expects.
