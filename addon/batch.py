@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
+from .properties import latent_fcurves
+
 DEFAULT_LOOKAHEAD = 1  # one frame ahead already overlaps EEVEE with the backend; more only buffers jitter
 
 
@@ -55,33 +57,10 @@ def lookahead(scene: bpy.types.Scene) -> int:
 
 # --- what a frame would send -------------------------------------------------------------------------------------
 
-def _latent_fcurves(scene: bpy.types.Scene) -> dict[int, object]:
-    """Component index -> F-curve of ``rerender.appearance[i].value`` (Blender 5.0 layered actions or legacy)."""
-    anim = scene.animation_data
-    action = anim.action if anim is not None else None
-    if action is None:
-        return {}
-    curves: list = []
-    try:
-        for layer in action.layers:
-            for strip in layer.strips:
-                bag = strip.channelbag(anim.action_slot)
-                if bag is not None:
-                    curves.extend(bag.fcurves)
-    except AttributeError:  # pre-4.4 actions
-        curves = list(getattr(action, "fcurves", []))
-    out = {}
-    for fc in curves:
-        path = fc.data_path
-        if path.startswith("rerender.appearance[") and path.endswith("].value"):
-            out[int(path[len("rerender.appearance["):-len("].value")])] = fc
-    return out
-
-
 def latent_at(scene: bpy.types.Scene, frame: float, current: np.ndarray) -> np.ndarray:
     """The appearance latent the F-curves give at ``frame``; components without a curve keep ``current``."""
     latent = np.array(current, dtype=np.float32, copy=True)
-    for index, fc in _latent_fcurves(scene).items():
+    for index, fc in latent_fcurves(scene).items():
         if 0 <= index < latent.size:
             latent[index] = fc.evaluate(frame)
     return latent

@@ -229,6 +229,22 @@ def set_modifier_input(obj, mod, identifier: str, value) -> None:
 # ---------------------------------------------------------------------------------------------- OpenImageIO
 
 
+def action_fcurves(animation_data) -> list:
+    """Every F-curve of an ID's action: 4.4+ keeps them in layered actions' channel bags, older actions directly."""
+    action = animation_data.action if animation_data is not None else None
+    if action is None:
+        return []
+    if not hasattr(action, "layers"):
+        return list(action.fcurves)
+    curves: list = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            bag = strip.channelbag(animation_data.action_slot)
+            if bag is not None:
+                curves.extend(bag.fcurves)
+    return curves
+
+
 def blender_site_packages() -> list[Path]:
     """Blender's private site-packages folders (where its OpenImageIO module lives), existing ones first."""
     import bpy

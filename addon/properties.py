@@ -14,6 +14,8 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from . import compat
+
 DEFAULT_LATENT_SIZE = 8  # the paper's appearance latent size; a bundle states its own
 
 
@@ -154,20 +156,8 @@ def read_latent(scene: bpy.types.Scene) -> np.ndarray:
 
 
 def latent_fcurves(scene: bpy.types.Scene) -> dict[int, bpy.types.FCurve]:
-    """Component index -> F-curve of ``rerender.appearance[i].value`` (Blender 5.0 layered actions or legacy)."""
-    anim = scene.animation_data
-    action = anim.action if anim is not None else None
-    if action is None:
-        return {}
-    curves: list = []
-    if hasattr(action, "layers"):
-        for layer in action.layers:
-            for strip in layer.strips:
-                bag = strip.channelbag(anim.action_slot)
-                if bag is not None:
-                    curves.extend(bag.fcurves)
-    else:  # pragma: no cover - Blender < 4.4
-        curves = list(action.fcurves)
+    """Component index -> F-curve of ``rerender.appearance[i].value`` (the one walker over the scene's action)."""
+    curves = compat.action_fcurves(scene.animation_data)
     prefix, suffix = "rerender.appearance[", "].value"
     return {int(fc.data_path[len(prefix):-len(suffix)]): fc for fc in curves
             if fc.data_path.startswith(prefix) and fc.data_path.endswith(suffix)}

@@ -202,9 +202,9 @@ def shot(addon, tmp_path):
 
 
 def _fcurve_latent(scene, frame: int) -> np.ndarray:
-    from rerender.addon import batch
+    from rerender.addon.properties import latent_fcurves
 
-    curves = batch._latent_fcurves(scene)
+    curves = latent_fcurves(scene)
     assert sorted(curves) == list(range(8)), "every latent component is keyed"
     return np.array([curves[i].evaluate(frame) for i in range(8)], np.float32)
 
