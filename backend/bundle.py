@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rerender.bridge.gallery import Appearance
 from rerender.bridge.classes import CITYSCAPES, DEFAULT_CLASSES, ClassTable, SemanticClass
 
 from .encoding import InputEncoding
@@ -133,24 +134,6 @@ class BundleConfig:
             raise
         except (ValueError, TypeError, KeyError) as exc:
             raise BundleError(f"config is invalid: {exc}") from exc
-
-
-@dataclass
-class Appearance:
-    """A named appearance: a latent the artist can key on the timeline, with a thumbnail to recognise it."""
-
-    name: str
-    latent: np.ndarray  # float32, length = latent_size
-    thumbnail: np.ndarray  # uint8 h x w x 3 sRGB
-
-    def __post_init__(self) -> None:
-        self.latent = np.asarray(self.latent, dtype=np.float32).reshape(-1)
-        self.thumbnail = np.asarray(self.thumbnail)
-        if self.thumbnail.dtype != np.uint8 or self.thumbnail.ndim != 3 or self.thumbnail.shape[2] != 3:
-            raise ValueError(f"appearance {self.name!r}: thumbnail must be uint8 h x w x 3, got "
-                             f"{self.thumbnail.dtype} {self.thumbnail.shape}")
-        if not np.all(np.isfinite(self.latent)):
-            raise ValueError(f"appearance {self.name!r}: latent has non-finite values")
 
 
 def safe_name(name: str) -> str:

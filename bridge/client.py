@@ -21,7 +21,6 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -29,6 +28,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .allocator import keep_frame_buffers
+from .gallery import Appearance
 from .compression import choose_codec
 from .buffers import DeepBuffer
 from .errors import (
@@ -47,15 +47,6 @@ from .security import HANDSHAKE_EVENTS, ClientCurve, HandshakeWatch
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict], None]
-
-
-@dataclass(frozen=True)
-class Appearance:
-    """One entry of the bundle's appearance gallery."""
-
-    name: str
-    latent: np.ndarray      # float32 (latent_size,)
-    thumbnail: np.ndarray   # uint8 sRGB h x w x 3
 
 
 class Client(SubmitCollect):
@@ -204,9 +195,12 @@ class Client(SubmitCollect):
         reply = self._call("appearances")
         latents = reply.arrays.get("latents", np.zeros((0, 0), np.float32))
         names = reply.params.get("names", [])
-        return [Appearance(str(name), np.array(latents[i], dtype=np.float32),
-                           np.array(reply.arrays.get(f"thumbnail.{i}", np.zeros((0, 0, 3), np.uint8))))
-                for i, name in enumerate(names)]
+        try:
+            return [Appearance(str(name), np.array(latents[i], dtype=np.float32),
+                               np.array(reply.arrays.get(f"thumbnail.{i}", np.zeros((0, 0, 3), np.uint8))))
+                    for i, name in enumerate(names)]
+        except (ValueError, IndexError) as exc:
+            raise ProtocolError(f"the backend's gallery reply is malformed: {exc}") from exc
 
     # ------------------------------------------------------------------------------------------ engine
     def _call(self, op: str, params: dict[str, Any] | None = None,

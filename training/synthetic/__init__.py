@@ -10,8 +10,8 @@ See docs/synthetic.md.
 from .collection import CollectionInfo, generate_collection, load_collection, plan_collection, render_view
 from .geometry import blender_matrix_world, camera_path, make_camera, project, similarity_residuals
 from .landmark import key_points
-from .spec import Appearance, PhotoCamera, RenderSettings, SceneSpec, Transient
+from .spec import PhotoConditions, PhotoCamera, RenderSettings, SceneSpec, Transient
 
-__all__ = ["Appearance", "CollectionInfo", "PhotoCamera", "RenderSettings", "SceneSpec", "Transient",
+__all__ = ["PhotoConditions", "CollectionInfo", "PhotoCamera", "RenderSettings", "SceneSpec", "Transient",
            "blender_matrix_world", "camera_path", "generate_collection", "key_points", "load_collection",
            "make_camera", "plan_collection", "project", "render_view", "similarity_residuals"]

@@ -22,7 +22,7 @@ from mathutils import Matrix, Vector
 from .geometry import blender_camera_settings, blender_matrix_world
 from .landmark import CAR, PERSON, floodlight_positions, lamp_positions, layout
 from .meshes import car_mesh, mesh_for_part, person_mesh
-from .spec import Appearance, PhotoCamera, SceneSpec, Transient
+from .spec import PhotoConditions, PhotoCamera, SceneSpec, Transient
 
 SCENE_NAME = "RerenderSynthetic"
 PREFIX = "synth."
@@ -355,7 +355,7 @@ def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     return np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
 
 
-def apply_appearance(scene, appearance: Appearance) -> None:
+def apply_appearance(scene, appearance: PhotoConditions) -> None:
     a = appearance
     sun = scene.objects[PREFIX + "sun"]
     direction = Vector(sun_direction(a.sun_elevation_deg, a.sun_azimuth_deg).tolist())

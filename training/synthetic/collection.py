@@ -4,7 +4,7 @@ Layout of a collection ``OUT/`` (docs/synthetic.md):
     images/<stem>.jpg                         the tourist photos (JPEG, like real ones)
     ground_truth/segmentation/<stem>.png      uint8 class ids (bridge.classes)
     ground_truth/cameras.json                 per photo: PINHOLE intrinsics, R, t (COLMAP), Blender matrix_world
-    ground_truth/appearances.json             per photo: the Appearance parameters
+    ground_truth/appearances.json             per photo: the PhotoConditions parameters
     ground_truth/transients.json              per photo: the people and cars in it
     ground_truth/scene.json                   the scene description (seed, landmark, render settings)
     ground_truth/key_points.json              named world points on the landmark's surface
@@ -28,7 +28,7 @@ from PIL import Image
 from .geometry import blender_matrix_world
 from .landmark import key_points
 from .sampling import appearance_schedule, sample_appearance, sample_camera, sample_transients
-from .spec import Appearance, PhotoCamera, RenderSettings, SceneSpec, Transient, read_json, write_json
+from .spec import PhotoConditions, PhotoCamera, RenderSettings, SceneSpec, Transient, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class CollectionInfo:
     root: Path
     scene: SceneSpec
     cameras: list[PhotoCamera]
-    appearances: dict[str, Appearance]
+    appearances: dict[str, PhotoConditions]
     transients: dict[str, list[Transient]]
     seconds_per_photo: list[float] = field(default_factory=list)
 
@@ -104,7 +104,7 @@ def load_collection(root: Path) -> CollectionInfo:
     truth = _truth_dir(root)
     scene = SceneSpec.from_json(read_json(truth / "scene.json", "scene description"))
     cameras = [PhotoCamera.from_json(c) for c in read_json(truth / "cameras.json", "cameras")["cameras"]]
-    appearances = {n: Appearance.from_json(a) for n, a in read_json(truth / "appearances.json", "appearances").items()}
+    appearances = {n: PhotoConditions.from_json(a) for n, a in read_json(truth / "appearances.json", "appearances").items()}
     transients = {n: [Transient.from_json(t) for t in ts]
                   for n, ts in read_json(truth / "transients.json", "transients").items()}
     return CollectionInfo(root, scene, cameras, appearances, transients)
@@ -173,7 +173,7 @@ def _resolve(source: Path | str | SceneSpec | CollectionInfo) -> tuple[SceneSpec
 
 
 def render_view(source: Path | str | SceneSpec | CollectionInfo, camera: PhotoCamera | str,
-                appearance: Appearance | str, *, transients: bool | str | Sequence[Transient] = True,
+                appearance: PhotoConditions | str, *, transients: bool | str | Sequence[Transient] = True,
                 width: int | None = None, height: int | None = None,
                 quality: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render any camera under any appearance from a collection's ground truth -> (photo H×W×3 uint8, labels H×W uint8).

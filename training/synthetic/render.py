@@ -25,7 +25,7 @@ import numpy as np
 from ...bridge.colors import linear_to_srgb8, srgb8_to_linear
 from .blender_scene import apply_appearance, place_transients, segmentation_material, set_camera
 from .landmark import SKY
-from .spec import Appearance, PhotoCamera, RenderSettings, Transient
+from .spec import PhotoConditions, PhotoCamera, RenderSettings, Transient
 
 
 def _oiio():
@@ -164,7 +164,7 @@ def add_fog(photo: np.ndarray, depth: np.ndarray, camera: PhotoCamera, density: 
     return linear_to_srgb8(linear)
 
 
-def render_camera(scene, camera: PhotoCamera, appearance: Appearance, transients: list[Transient],
+def render_camera(scene, camera: PhotoCamera, appearance: PhotoConditions, transients: list[Transient],
                   settings: RenderSettings) -> RenderedView:
     """Set the scene up for this photo and render photo + ground truth."""
     start = time.perf_counter()

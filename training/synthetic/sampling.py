@@ -11,7 +11,7 @@ import numpy as np
 
 from .geometry import make_camera
 from .landmark import car_lanes, obstacles, person_regions
-from .spec import Appearance, PhotoCamera, Transient
+from .spec import PhotoConditions, PhotoCamera, Transient
 
 # Tourist viewpoints (reconstruction-facts.md): an arc in front of the landmark.
 AZIMUTH_RANGE_DEG = (-65.0, 65.0)  # from the -Y axis (straight in front), positive towards +X
@@ -71,7 +71,7 @@ def appearance_schedule(count: int, seed: int) -> list[str]:
     return shuffled
 
 
-def sample_appearance(seed: int, index: int, kind: str) -> Appearance:
+def sample_appearance(seed: int, index: int, kind: str) -> PhotoConditions:
     rng = photo_rng(seed, index, 1)
     u = rng.uniform
     exposure = float(np.clip(rng.normal(0.0, 0.3), -EXPOSURE_RANGE_EV, EXPOSURE_RANGE_EV))
@@ -108,7 +108,7 @@ def sample_appearance(seed: int, index: int, kind: str) -> Appearance:
     else:
         raise ValueError(f"unknown appearance kind {kind!r}")
     a["fog_density"] = float(u(0.008, 0.03)) if fog else 0.0
-    return Appearance(kind=kind, **{k: (float(v) if isinstance(v, (float, np.floating)) else v)
+    return PhotoConditions(kind=kind, **{k: (float(v) if isinstance(v, (float, np.floating)) else v)
                                     for k, v in {**a, **common}.items()})
 
 

@@ -82,7 +82,7 @@ class PhotoCamera:
 
 
 @dataclass
-class Appearance:
+class PhotoConditions:
     """Everything that makes one photo's look: light, weather and the camera's exposure and white balance.
 
     Angles are in degrees; the sun azimuth is measured from +X towards +Y (world), the landmark faces -Y.
@@ -124,7 +124,7 @@ class Appearance:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Appearance":
+    def from_json(cls, data: dict[str, Any]) -> "PhotoConditions":
         return _from_dict(cls, data, "appearance")
 
 
