@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig
+from .phases import DEFAULT_METHOD
+from .phases import method as method_of
+from .phases import steps_field
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,6 @@ MIN_RERENDER_STEPS = 300
 MAX_GROWTH = 100.0
 #: share of the training time of each phase (the demo's small preset: 60 : 300 : 100 : 60)
 PHASE_SHARES = {"appearance": 0.11, "rerender": 0.58, "finetune": 0.19, "semantic": 0.12}
-_STEP_FIELD = {"appearance": "steps_stage1", "rerender": "steps_stage2", "finetune": "steps_stage3",
-               "semantic": "steps_semantic", "bicycle": "steps_baseline"}
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,8 @@ def measure_steps(dataset: str | Path, config: TrainConfig, method: str, ctx=Non
         trainer = Trainer(dataset, Path(tmp) / "probe", config, method=method, ctx=ctx, progress=False,
                           vgg=features_for(config))
         data = BatchIterator(trainer.train_set, trainer.sampler, 0)
-        steps = {"staged": {"rerender": lambda b: trainer.step_rerender(b, finetune=False),
-                            "semantic": trainer.step_semantic},
-                 "bicycle": {"bicycle": trainer.step_bicycle}}.get(
-            method, {"rerender": lambda b: trainer.step_rerender(b, finetune=False)})
+        m = method_of(method)
+        steps = {p: getattr(trainer, m.phase(p).step) for p in m.probe}
         out = {}
         try:
             for phase, fn in steps.items():
@@ -182,17 +181,14 @@ def measure_steps(dataset: str | Path, config: TrainConfig, method: str, ctx=Non
 
 
 def phases_of(method: str) -> tuple[str, ...]:
-    from .trainer import PHASES
-
-    return tuple(PHASES[method])
+    return method_of(method).phase_names
 
 
 def estimate_seconds(config: TrainConfig, per_step: dict[str, float], method: str) -> float:
     """Seconds for all phases of ``method`` with ``config``'s step counts at ``per_step`` seconds per step."""
     total = 0.0
     for phase in phases_of(method):
-        field = "steps_baseline" if method != "staged" and phase in ("rerender", "bicycle") else _STEP_FIELD[phase]
-        total += getattr(config, field) * per_step.get(phase, per_step.get("rerender", 0.0))
+        total += getattr(config, steps_field(method, phase)) * per_step.get(phase, per_step.get("rerender", 0.0))
     return total
 
 
@@ -206,16 +202,15 @@ def _steps_for_budget(per_step: dict[str, float], seconds: float, method: str) -
 def _apply_steps(config: TrainConfig, steps: dict[str, int], method: str) -> TrainConfig:
     values = {}
     for phase, n in steps.items():
-        field = "steps_baseline" if method != "staged" and phase in ("rerender", "bicycle") else _STEP_FIELD[phase]
-        values[field] = n
-    if method == "staged":
+        values[steps_field(method, phase)] = n
+    if "steps_baseline" not in values:  # the staged method: the baselines' count is set too (shown in the plan)
         values.setdefault("steps_baseline", sum(steps.values()))
     total = sum(steps.values())
     values.update(checkpoint_every=max(10, total // 20), log_every=max(1, min(50, total // 50)))
     return dataclasses.replace(config, **values)
 
 
-def plan_for_budget(dataset: str | Path, seconds: float, *, method: str = "staged", ctx=None,
+def plan_for_budget(dataset: str | Path, seconds: float, *, method: str = DEFAULT_METHOD, ctx=None,
                     overrides: dict[str, Any] | None = None, max_load: int | None = None) -> Plan:
     """Measure the tiers smallest first and keep the largest that affords ``MIN_RERENDER_STEPS`` in the budget.
 
@@ -331,9 +326,7 @@ def _fit_remaining(trainer, seconds_left: float, planned_steps: dict[str, int],
         # every later phase keeps at least one step (a bundle needs each network trained a little); the current
         # one may end now
         keep = (0 if i == 0 else 1) + math.floor(max(0, remaining[p] - (0 if i == 0 else 1)) * scale)
-        field = ("steps_baseline" if trainer.method != "staged" and p in ("rerender", "bicycle")
-                 else _STEP_FIELD[p])
-        values[field] = done[p] + keep
+        values[steps_field(trainer.method, p)] = done[p] + keep
     if any(getattr(trainer.config, k) != v for k, v in values.items()):
         trainer.config = dataclasses.replace(trainer.config, **values)
         log.debug("time budget: remaining steps set to %s", values)

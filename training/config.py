@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METHODS = ("staged", "i2i", "sem", "bicycle")
-STAGES = ("all", "1", "2", "3")
+from .phases import METHODS, STAGE_CHOICES  # noqa: F401  (re-exported: the names live in the phases table)
+
+STAGES = STAGE_CHOICES
 
 # VGG layers of the perceptual loss and the style (Gram) distance, and the perceptual weights of the authors' code.
 FEATURE_CHOICES = ("auto", "vgg19", "segmenter")  # the same tuple as features.FEATURE_CHOICES (no torch import here)

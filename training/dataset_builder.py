@@ -26,21 +26,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rerender.bridge.cameras import PinholeCamera
-
 from .class_shares import class_counts, remap_lut, shares, shares_text, transient_warnings
 from .native_output import native_output_to, quiet_import_bpy
 from .point_labels import LabelledView, label_dense_points, label_sparse_points, read_point_labels, write_point_labels
+from .workspace import DatasetError, WorkspaceView, load_workspace, open_workspace  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "rerender-dataset", 1
 PAPER_VAL_COUNT = 100
 DEPTH_SAMPLES_PER_VIEW = 4000
-
-
-class DatasetError(RuntimeError):
-    """The dataset cannot be built; the message says what was wrong and what to do."""
 
 
 @dataclass
@@ -118,58 +113,6 @@ def depth_stats(samples: list[np.ndarray]) -> dict[str, float]:
         return {}
     p01, p50, p99 = np.percentile(finite, [1, 50, 99])
     return {"p01": float(p01), "p50": float(p50), "p99": float(p99)}
-
-
-# --- workspace -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkspaceView:
-    """A registered photo of the workspace and its undistorted PINHOLE camera at the photo's full size."""
-
-    name: str
-    camera: PinholeCamera
-
-
-def open_workspace(workspace: Path, undistort_into: Path | None = None) -> tuple[Path, object, list[WorkspaceView]]:
-    """(the workspace photos and model are read from, pycolmap.Reconstruction, [WorkspaceView] sorted by name).
-
-    The model is read by the add-on's bpy-free reader (``rerender.addon.colmap_reader``: every binary file checked
-    against its declared counts first, image names confined to the workspace). A distorted model (SIMPLE_RADIAL,
-    OPENCV, ...) is undistorted with pycolmap into ``undistort_into``, whose ``images/`` and ``sparse/`` then are the
-    workspace; without ``undistort_into`` it is refused. Every error is a DatasetError raised before anything is
-    written.
-    """
-    from rerender.addon.colmap_reader import ColmapImportError, check_ply, load_model
-
-    ws = Path(workspace)
-    if not ws.is_dir():
-        raise DatasetError(f"workspace {ws} does not exist; create it with `rerender reconstruct PHOTOS --out {ws}`")
-    model = ws / "sparse" / "0"
-    if not model.is_dir() and (ws / "sparse" / "cameras.bin").exists():
-        model = ws / "sparse"
-    if not any((model / f).exists() for f in ("cameras.bin", "cameras.txt")):
-        raise DatasetError(f"{ws} has no COLMAP model in sparse/0 (cameras/images/points3D .bin or .txt); run "
-                           f"`rerender reconstruct PHOTOS --out {ws}` first, or point at a COLMAP workspace")
-    if not (ws / "images").is_dir():
-        raise DatasetError(f"{ws} has no images/ folder (the photos of the model); run `rerender reconstruct` or "
-                           f"put the photos the model names into {ws / 'images'}")
-    try:
-        read = load_model(model, undistort_into=undistort_into)
-        root = read.workspace if read.undistorted else ws
-        if (root / "dense" / "fused.ply").is_file():
-            check_ply(root / "dense" / "fused.ply")  # dense labels are voted from it after segmenting
-    except ColmapImportError as exc:
-        raise DatasetError(str(exc)) from exc
-    if read.undistorted:
-        log.info("the model's cameras are distorted: photos and model undistorted into %s", read.workspace)
-    views = sorted((WorkspaceView(c.name, c) for c in read.cameras), key=lambda v: v.name)
-    return root, read.reconstruction, views
-
-
-def load_workspace(workspace: Path):
-    """(pycolmap.Reconstruction, [WorkspaceView] sorted by name) of an undistorted workspace WS/sparse/0."""
-    _, rec, views = open_workspace(workspace)
-    return rec, views
 
 
 # --- building --------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from rerender.bridge.colors import linear_to_srgb8
 
 from . import metrics
 from .data import DatasetError, load_view, read_manifest
+from .phases import METHOD_TABLE
+from .sheets import enlarged, tile_sheet
 from .vgg import VGG19Features, load_vgg19
 
 COLUMNS = ("vgg", "l1", "psnr", "ssim")
@@ -31,7 +33,7 @@ MIN_CONCLUSIVE_VIEWS = 10
 #: the shorter side of a contact-sheet tile (small views are enlarged, nearest-neighbour, to be legible)
 TILE_MIN_SIDE = 256
 #: the paper's names of the methods (Table 1 rows)
-METHOD_NAMES = {"staged": "+Sem+StagedApp (staged, ours)", "i2i": "I2I", "sem": "+Sem", "bicycle": "+Sem+BaseApp"}
+METHOD_NAMES = {name: m.title for name, m in METHOD_TABLE.items()}
 
 
 @dataclass
@@ -105,18 +107,9 @@ def _palette_image(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> n
 
 def contact_sheet(rows: list[tuple[np.ndarray, ...]], min_side: int = TILE_MIN_SIDE) -> np.ndarray:
     """Rows of tiles (buffer | segmentation | output | photo); tiles whose shorter side is below ``min_side`` are
-    enlarged (nearest neighbour: pixels stay pixels) so that it is ``min_side``."""
-    out = []
-    for tiles in rows:
-        scaled = []
-        for t in tiles:
-            h, w = t.shape[:2]
-            s = max(1.0, min_side / min(h, w))
-            size = (max(1, round(w * s)), max(1, round(h * s)))
-            scaled.append(np.asarray(Image.fromarray(t).resize(size, Image.NEAREST)) if s > 1 else t)
-        out.append(np.concatenate(scaled, axis=1))
-    width = max(r.shape[1] for r in out)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in out], axis=0)
+    enlarged (nearest neighbour: pixels stay pixels) so that it is ``min_side``. Each row's tiles side by side, rows
+    padded with black on the right (training/sheets.py)."""
+    return np.asarray(tile_sheet([[enlarged(t, min_side) for t in tiles] for tiles in rows], align_columns=False))
 
 
 def evaluate(bundle_path: str | Path, dataset_root: str | Path, out_dir: str | Path, *, device: str = "auto",

@@ -1,6 +1,7 @@
 """Staged training (paper §3.2) and the ablation baselines, with exact resume and several processes.
 
-Phases, run in order, each with its own step budget (TrainConfig.steps_*):
+Phases, run in order, each with its own step budget (TrainConfig.steps_*; the table is training/phases.py, the
+step functions training/steps.py):
   staged  : appearance (stage 1: Ea by triplet loss) -> rerender (stage 2: R + D, Ea frozen)
             -> finetune (stage 3: R + D + Ea, Ea at a lower lr) -> semantic (S)
   i2i/sem : rerender (no latent; ``sem`` adds the photo's segmentation) -> semantic
@@ -17,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,43 +29,35 @@ from torch import nn
 from rerender.backend.bundle import BundleConfig, build_networks
 from rerender.backend.encoding import InputEncoding
 
-from . import losses
-from .config import METHODS, TrainConfig
+from .config import TrainConfig
 from .checkpoint_writer import save_in_background, wait_for_checkpoints
-from .data import AlignedDataset, EpochSampler, DatasetError, collate, photos_tensor
+from .data import AlignedDataset, EpochSampler, DatasetError, collate
 from .discriminator import MultiscaleDiscriminator
-from .distributed import DistContext, all_reduce_gradients, all_reduce_mean, barrier, broadcast_parameters
+from .distributed import DistContext, all_reduce_mean, barrier, broadcast_parameters
 from .features import feature_scale_for, layer_weights_for, load_features
-from .loader import BatchIterator, device_inputs
+from .loader import BatchIterator
+from .phases import DEFAULT_METHOD, METHOD_TABLE, TrainingError, phases_for, steps_field
+from .phases import method as method_of
+from .steps import PhaseSteps
 from .vgg import VGG19Features
 
 log = logging.getLogger(__name__)
 
-PHASES: dict[str, tuple[str, ...]] = {
-    "staged": ("appearance", "rerender", "finetune", "semantic"),
-    "i2i": ("rerender", "semantic"),
-    "sem": ("rerender", "semantic"),
-    "bicycle": ("bicycle", "semantic"),
-}
-STAGE_PHASES = {"1": ("appearance",), "2": ("rerender",), "3": ("finetune",), "semantic": ("semantic",)}
+#: method -> its phases in order (from training/phases.py)
+PHASES: dict[str, tuple[str, ...]] = {name: m.phase_names for name, m in METHOD_TABLE.items()}
 CHECKPOINT = "checkpoint.pt"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 def bundle_config_for(method: str, config: TrainConfig, dataset: AlignedDataset, name: str) -> BundleConfig:
     """The backend's BundleConfig for a method: the ablation variants differ only in latent size and semantics."""
-    if method not in METHODS:
-        raise TrainingError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    m = method_of(method)
     net = dict(config.network)
     encoding = InputEncoding.for_dataset(dataset.manifest.get("depth_stats") or {"p01": 1.0, "p99": 100.0},
                                          dataset.classes, **net.pop("encoding", {}))
-    latent = 0 if method in ("i2i", "sem") else config.latent_size
+    latent = config.latent_size if m.latent else 0
     conditioning = net.pop("appearance_conditioning", config.appearance_conditioning) if latent else "concat"
     return BundleConfig(name=name, latent_size=latent, appearance_conditioning=conditioning,
-                        use_semantics=method != "i2i", classes=dataset.classes, encoding=encoding,
+                        use_semantics=m.semantics, classes=dataset.classes, encoding=encoding,
                         training_resolution=(config.load_size, config.load_size), **net)
 
 
@@ -97,22 +89,17 @@ def adam(params, lr: float, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=config.betas)
 
 
-class Trainer:
+class Trainer(PhaseSteps):
     """Owns the networks, optimisers, data order and log of one run folder ``out``."""
 
-    def __init__(self, dataset_root: str | Path, out: str | Path, config: TrainConfig, *, method: str = "staged",
+    def __init__(self, dataset_root: str | Path, out: str | Path, config: TrainConfig, *,
+                 method: str = DEFAULT_METHOD,
                  stage: str = "all", resume: bool = False, ctx: DistContext | None = None,
                  vgg: VGG19Features | None = None, progress: bool = True):
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
         self.config, self.method, self.out = config, method, Path(out)
-        if method not in PHASES:
-            raise TrainingError(f"unknown method {method!r}; use one of {', '.join(PHASES)}")
-        if stage != "all" and method != "staged" and stage in ("1", "2", "3"):
-            raise TrainingError(f"--stage {stage} belongs to the staged method; {method} runs with --stage all")
-        self.phases = PHASES[method] if stage == "all" else STAGE_PHASES.get(stage, ())
-        if not self.phases:
-            raise TrainingError(f"unknown stage {stage!r}; use all, 1, 2, 3 or semantic")
+        self.phases = phases_for(method, stage)  # TrainingError for an unknown method or stage
         self.progress = progress and self.ctx.is_main
         self.train_set = AlignedDataset(dataset_root, "train", config.load_size, cache=config.cache_views)
         self.val_set = AlignedDataset(dataset_root, "val", config.load_size, cache=config.cache_views)
@@ -143,7 +130,7 @@ class Trainer:
             "S": adam(self.S.parameters(), config.lr, config),
         }
         if self.E is not None:
-            lr_e = config.lr_encoder_pretrain if method == "staged" else config.lr
+            lr_e = config.lr_encoder_pretrain if "appearance" in PHASES[method] else config.lr
             self.opt["E"] = adam(self.E.parameters(), lr_e, config)
             self.opt["E_finetune"] = adam(self.E.parameters(), config.lr_encoder_finetune, config)
         broadcast_parameters([m for m in (self.R, self.E, self.S, self.D) if m is not None], self.ctx)
@@ -178,17 +165,17 @@ class Trainer:
     # ---- orchestration -------------------------------------------------------------------------------------------
 
     def _check_prerequisites(self) -> None:
-        first = self.phases[self.phase_index] if self.phase_index < len(self.phases) else None
-        if first in ("rerender", "finetune") and self.method == "staged" and "appearance" not in self.completed \
-                and "appearance" not in self.phases:
-            raise TrainingError(f"stage 2/3 needs the pretrained appearance encoder: run `rerender train --stage 1 "
-                                f"--out {self.out}` first (or --stage all)")
+        if self.phase_index >= len(self.phases):
+            return
+        m = method_of(self.method)
+        first = m.phase(self.phases[self.phase_index])
+        for need in first.needs:
+            if need not in self.completed and need not in self.phases:
+                raise TrainingError(f"stage {first.stage} needs the {need} phase done first: run `rerender train "
+                                    f"--stage {m.phase(need).stage} --out {self.out}` first (or --stage all)")
 
     def steps_for(self, phase: str) -> int:
-        c = self.config
-        return {"appearance": c.steps_stage1, "rerender": c.steps_stage2 if self.method == "staged"
-                else c.steps_baseline, "finetune": c.steps_stage3, "bicycle": c.steps_baseline,
-                "semantic": c.steps_semantic}[phase]
+        return getattr(self.config, steps_field(self.method, phase))
 
     def run(self, max_steps: int | None = None) -> None:
         """Run the remaining phases (or ``max_steps`` more steps, for tests); checkpoint on interruption."""
@@ -225,11 +212,10 @@ class Trainer:
             wait_for_checkpoints()
 
     def _step_function(self, phase: str) -> Callable[[dict[str, Any]], dict[str, float]]:
-        if phase == "appearance":
-            self._prepare_style_distances()
-        return {"appearance": self.step_appearance, "rerender": lambda b: self.step_rerender(b, finetune=False),
-                "finetune": lambda b: self.step_rerender(b, finetune=True), "bicycle": self.step_bicycle,
-                "semantic": self.step_semantic}[phase]
+        p = method_of(self.method).phase(phase)
+        if p.setup:
+            getattr(self, p.setup)()
+        return getattr(self, p.step)
 
     def _after_step(self, phase: str, values: dict[str, float], bar) -> None:
         c = self.config
@@ -245,211 +231,6 @@ class Trainer:
             self.save_validation_images(phase)
         if self.global_step % c.checkpoint_every == 0:
             self.save_checkpoint()
-
-    # ---- tensors -------------------------------------------------------------------------------------------------
-
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(photos N x 3, R's input N x C with the photo's segmentation as labels, S's input) at load_size."""
-        return device_inputs(batch, self.encoding, self.device, self.bundle_config.use_semantics)
-
-    def _crop_windows(self, n: int) -> list[tuple[int, int]]:
-        span = self.config.load_size - self.config.crop_size + 1
-        offs = torch.randint(0, span, (n, 2), generator=self.gen)
-        return [(int(a), int(b)) for a, b in offs]
-
-    def _crop(self, t: torch.Tensor, windows: list[tuple[int, int]]) -> torch.Tensor:
-        s = self.config.crop_size
-        return torch.stack([t[i, :, y:y + s, x:x + s] for i, (y, x) in enumerate(windows)])
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp) if self.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
-
-    def _encode(self, encoder: nn.Module, photo: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return encoder(torch.cat([photo, x], dim=1))
-
-    def _update(self, loss: torch.Tensor, names: tuple[str, ...], modules: tuple[nn.Module, ...]) -> None:
-        for n in names:
-            self.opt[n].zero_grad(set_to_none=True)
-        loss.backward()
-        all_reduce_gradients(modules, self.ctx)
-        for n in names:
-            self.opt[n].step()
-
-    def _gan_d_step(self, real: list[tuple[torch.Tensor, torch.Tensor]],
-                    fake: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        self.D.requires_grad_(True)
-        with self._autocast():
-            loss = sum(losses.lsgan_d_loss(self.D(ri, rc), self.D(fi.detach(), fc))
-                       for (ri, rc), (fi, fc) in zip(real, fake))
-        self._update(loss, ("D",), (self.D,))
-        self.D.requires_grad_(False)
-        return float(loss.detach())
-
-    def _reconstruction(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        c = self.config
-        vgg = losses.perceptual_loss(self.vgg, out, target, self.feature_weights, self.feature_scale)
-        l1 = losses.l1_loss(out, target)
-        return c.w_vgg * vgg + c.w_l1 * l1, {"vgg": float(vgg.detach()), "l1": float(l1.detach())}
-
-    # ---- phases --------------------------------------------------------------------------------------------------
-
-    def _prepare_style_distances(self) -> None:
-        """Style (Gram) distances between all training photos, computed once and cached in the run folder."""
-        if self.style_distances is not None:
-            return
-        path = self.out / "style_distances.pt"
-        names = self.train_set.names
-        if path.is_file():
-            cached = torch.load(path, weights_only=True)
-            if cached["names"] == names and cached["style_size"] == self.config.style_size \
-                    and cached.get("features") == self.vgg.weights_name:
-                self.style_distances = cached["distances"]
-                return
-        from tqdm import tqdm
-        size = min(self.config.style_size, self.config.load_size)
-        start = (self.config.load_size - size) // 2
-        grams: list[list[torch.Tensor]] = []
-        n, chunk = len(self.train_set), 16
-        for i in tqdm(range(0, n, chunk), desc="style distances", disable=not self.progress, leave=False):
-            photos = np.stack([self.train_set[j]["photo"][start:start + size, start:start + size]
-                               for j in range(i, min(n, i + chunk))])
-            grams.append([g.cpu() for g in losses.style_grams(self.vgg, photos_tensor(photos).to(self.device))])
-        stacked = [torch.cat([g[j] for g in grams]) for j in range(len(grams[0]))]
-        self.style_distances = losses.pairwise_style_distances(stacked)
-        if self.ctx.is_main:
-            _atomic_save({"names": names, "style_size": self.config.style_size, "features": self.vgg.weights_name,
-                          "distances": self.style_distances}, path)
-
-    def triplets(self, anchors: list[int]) -> tuple[list[int], list[int]]:
-        """For each anchor: a positive among its k nearest, a negative among its k farthest (style distance)."""
-        d = self.style_distances
-        assert d is not None
-        n = d.shape[0]
-        if n < 3:
-            raise TrainingError(f"appearance pretraining needs at least 3 training photos, the dataset has {n}")
-        k_near = max(1, min(self.config.triplet_k_near, n - 2))
-        k_far = max(1, min(self.config.triplet_k_far, n - 1 - k_near))
-        pos, neg = [], []
-        for a in anchors:
-            row = d[a].clone()
-            row[a] = float("inf")
-            order = torch.argsort(row, stable=True).tolist()  # nearest first, the anchor itself last
-            near, far = order[:k_near], order[:-1][-k_far:]
-            pos.append(near[int(torch.randint(len(near), (1,), generator=self.gen))])
-            neg.append(far[int(torch.randint(len(far), (1,), generator=self.gen))])
-        return pos, neg
-
-    def step_appearance(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Stage 1: Ea alone, triplet loss on latents; positives/negatives chosen by the cached style distance."""
-        assert self.E is not None
-        pos, neg = self.triplets([int(i) for i in batch["index"]])
-        others = collate([self.train_set[i] for i in pos + neg])
-        self.E.train()
-        photo, x, _ = self._inputs(batch)
-        photo_o, x_o, _ = self._inputs(others)
-        n = len(pos)
-        with self._autocast():
-            za = self._encode(self.E, photo, x)[0]
-            zo = self._encode(self.E, photo_o, x_o)[0]
-            loss = losses.triplet_loss(za, zo[:n], zo[n:], self.config.triplet_margin,
-                                       relative=self.config.triplet_relative_margin)
-        self._update(loss, ("E",), (self.E,))
-        self.ema_E.update(self.E)
-        return {"triplet": float(loss.detach())}
-
-    def step_rerender(self, batch: dict[str, Any], finetune: bool) -> dict[str, float]:
-        """Stage 2 (Ea frozen) / stage 3 (Ea finetuned) / the I2I and +Sem baselines (no Ea): R and D on crops."""
-        c = self.config
-        photo, x, _ = self._inputs(batch)
-        windows = self._crop_windows(photo.shape[0])
-        x_crop, y_crop = self._crop(x, windows), self._crop(photo, windows)
-        self.R.train()
-        train_e = finetune and self.E is not None
-        with self._autocast():
-            z = None
-            if self.E is not None:
-                self.E.train(train_e)
-                self.E.requires_grad_(train_e)
-                with torch.set_grad_enabled(train_e):
-                    z = self.E.latent(torch.cat([photo, x], dim=1))
-            out = self.R(x_crop, z)
-        use_gan = c.w_gan > 0  # w_gan 0: pure reconstruction (tests, ablations) without the discriminator's cost
-        d_loss = self._gan_d_step([(y_crop, x_crop)], [(out, x_crop)]) if use_gan else 0.0
-        with self._autocast():
-            g_gan = losses.lsgan_g_loss(self.D(out, x_crop)) if use_gan else out.new_zeros(())
-            rec, parts = self._reconstruction(out, y_crop)
-            g_loss = c.w_gan * g_gan + rec
-        names, modules = ("R",), (self.R,)
-        if train_e:
-            names, modules = ("R", "E_finetune"), (self.R, self.E)
-        self._update(g_loss, names, modules)
-        self.ema_R.update(self.R)
-        if train_e:
-            self.ema_E.update(self.E)
-        return {"g": float(g_loss.detach()), "g_gan": float(g_gan.detach()), "d": d_loss, **parts}
-
-    def step_bicycle(self, batch: dict[str, Any]) -> dict[str, float]:
-        """+Sem+BaseApp: BicycleGAN (cVAE-GAN + cLR-GAN) with Ea seeing photo + buffer and a cross-cycle term.
-
-        Pairs each item with the next one in the batch as the second view (I2, B2). Ea sees whole images for the
-        posterior; the latent regression and cross-cycle encode crops, since R produces crops.
-        """
-        c = self.config
-        assert self.E is not None
-        photo, x, _ = self._inputs(batch)
-        n = photo.shape[0]
-        windows = self._crop_windows(n)
-        x1, y1 = self._crop(x, windows), self._crop(photo, windows)
-        perm = [(i + 1) % n for i in range(n)]
-        x2, y2 = x1[perm], y1[perm]
-        self.R.train(), self.E.train()
-        self.E.requires_grad_(True)
-        with self._autocast():
-            mu, logvar = self._encode(self.E, photo, x)
-            eps = torch.randn(mu.shape, generator=self.gen).to(mu.device, mu.dtype)
-            z1 = mu + eps * torch.exp(0.5 * logvar)
-            recon = self.R(x1, z1)  # cVAE-GAN
-            z_rand = torch.randn(mu.shape, generator=self.gen).to(mu.device, mu.dtype)
-            fake_rand = self.R(x1, z_rand)  # cLR-GAN
-            transfer = self.R(x2, z1)  # appearance of view 1 on view 2
-        d_loss = self._gan_d_step([(y1, x1), (y1, x1), (y2, x2)],
-                                  [(recon, x1), (fake_rand, x1), (transfer, x2)])
-        with self._autocast():
-            g_gan = (losses.lsgan_g_loss(self.D(recon, x1)) + losses.lsgan_g_loss(self.D(fake_rand, x1))
-                     + losses.lsgan_g_loss(self.D(transfer, x2)))
-            rec, parts = self._reconstruction(recon, y1)
-            kl = losses.kl_divergence(mu.float(), logvar.float())
-            z_cycle = self.E.latent(torch.cat([transfer, x2], dim=1))
-            cross = self.R(x1, z_cycle)
-            cross_rec, _ = self._reconstruction(cross, y1)
-            g_loss = c.w_gan * g_gan + rec + c.w_kl * kl + c.w_cross_cycle * cross_rec
-        self._update(g_loss, ("R", "E"), (self.R, self.E))
-        # latent regression (cLR-GAN): only R is pushed to make z recoverable, as in BicycleGAN
-        with self._autocast():
-            self.E.requires_grad_(False)
-            z_back = self.E.latent(torch.cat([self.R(x1, z_rand), x1], dim=1))
-            latent_loss = c.w_latent * (z_back.float() - z_rand.float()).abs().mean()
-        self._update(latent_loss, ("R",), (self.R,))
-        self.E.requires_grad_(True)
-        self.ema_R.update(self.R)
-        self.ema_E.update(self.E)
-        return {"g": float(g_loss.detach()), "g_gan": float(g_gan.detach()), "d": d_loss, "kl": float(kl.detach()),
-                "cross": float(cross_rec.detach()), "latent": float(latent_loss.detach()), **parts}
-
-    def step_semantic(self, batch: dict[str, Any]) -> dict[str, float]:
-        """S(B) -> the photo's labels, cross entropy masked on transient classes and unknown pixels."""
-        _, _, x_plain = self._inputs(batch)
-        labels = torch.from_numpy(np.ascontiguousarray(batch["segmentation"])).long()[:, None].float()
-        windows = self._crop_windows(x_plain.shape[0])
-        x_crop = self._crop(x_plain, windows)
-        y_crop = self._crop(labels.to(self.device), windows)[:, 0].long()
-        self.S.train()
-        ignore = (*self.train_set.classes.transient_ids, 255)
-        with self._autocast():
-            loss = losses.masked_cross_entropy(self.S(x_crop), y_crop, ignore)
-        self._update(loss, ("S",), (self.S,))
-        return {"semantic_ce": float(loss.detach())}
 
     # ---- validation ----------------------------------------------------------------------------------------------
 
@@ -467,7 +248,7 @@ class Trainer:
 
     def save_validation_images(self, phase: str) -> Path | None:
         from PIL import Image
-        if phase == "appearance":
+        if not method_of(self.method).phase(phase).validates:
             return None
         outputs, photos = self.render_validation()
         rows = [np.concatenate([o, p], axis=1) for o, p in zip(outputs, photos)]
@@ -528,12 +309,6 @@ class Trainer:
         self.phase_index, self.phase_step = int(state["phase_index"]), int(state["phase_step"])
         if self.ctx.is_main:
             _truncate_log(self.out / "log.jsonl", self.global_step)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _truncate_log(path: Path, global_step: int) -> None:

@@ -21,14 +21,12 @@ log = logging.getLogger("rerender.train")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from rerender.training.phases import DEFAULT_METHOD, METHODS, STAGE_CHOICES, method_help, stage_help
     parser.add_argument("--dataset", type=Path, required=True, help="aligned dataset folder D/ (`rerender dataset`)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, bundle)")
-    parser.add_argument("--stage", default="all", choices=("all", "1", "2", "3", "semantic"),
-                        help="staged method: 1 = appearance pretraining, 2 = rerenderer with the encoder frozen, "
-                             "3 = both finetuned; semantic = the semantic predictor S; all = every phase in order")
-    parser.add_argument("--method", default="staged", choices=("staged", "i2i", "sem", "bicycle"),
-                        help="staged (+Sem+StagedApp, the paper's method) or an ablation baseline: i2i, sem "
-                             "(+Sem), bicycle (+Sem+BaseApp)")
+    parser.add_argument("--stage", default="all", choices=STAGE_CHOICES, help=stage_help())
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help=f"the paper's method or an ablation baseline: {method_help()}")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint, with its stored train_config.json")
     parser.add_argument("--time", metavar="DURATION",
@@ -113,9 +111,9 @@ def _sigterm_checkpoints() -> None:
 def _warn_if_long(args, config, ctx) -> None:
     """Time a few steps of these settings and warn, with the ETA, when the run would take more than a few hours."""
     from rerender.training.budget import WARN_SECONDS, estimate_seconds, format_seconds, measure_steps
+    from rerender.training.phases import PHASE_NAMES
     slowest_step = 120.0  # seconds: more than the paper's settings take per step on a laptop CPU
-    if estimate_seconds(config, {p: slowest_step for p in ("appearance", "rerender", "finetune", "semantic",
-                                                           "bicycle")}, args.method) < WARN_SECONDS:
+    if estimate_seconds(config, {p: slowest_step for p in PHASE_NAMES}, args.method) < WARN_SECONDS:
         return  # so few steps that no device takes hours: not worth timing
     per_step = measure_steps(args.dataset, config, args.method, ctx, repeats=1)
     eta = estimate_seconds(config, per_step, args.method)

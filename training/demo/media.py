@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from rerender.training.sheets import fitted, tile_sheet
 
 
 def write_gif(frames: Sequence[np.ndarray], path: Path, *, fps: float = 8.0) -> Path:
@@ -31,37 +33,14 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, *, fps: float = 8.0) -> 
     return path
 
 
-def _fit(tile: np.ndarray, height: int) -> Image.Image:
-    im = Image.fromarray(np.asarray(tile, np.uint8)).convert("RGB")
-    w = max(1, round(im.width * height / im.height))
-    return im.resize((w, height), Image.NEAREST if im.height < height else Image.LANCZOS)
-
-
 def contact_sheet(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str], path: Path, *,
                   height: int = 160, row_labels: Sequence[str] | None = None) -> Path:
-    """A grid of equal-height tiles with a header line per column (e.g. deep buffer | output | photo)."""
+    """A grid of equal-height tiles with a header line per column (e.g. deep buffer | output | photo), columns
+    aligned, optional row labels (training/sheets.py)."""
     if not rows:
         raise ValueError("contact_sheet needs at least one row")
-    pad, header_h = 4, 16
-    label_w = 0 if row_labels is None else 8 * max(len(s) for s in row_labels) + 2 * pad
-    tiled = [[_fit(t, height) for t in row] for row in rows]
-    col_w = [max(r[c].width for r in tiled if c < len(r)) for c in range(max(len(r) for r in tiled))]
-    W = label_w + sum(col_w) + pad * (len(col_w) + 1)
-    H = header_h + len(tiled) * (height + pad) + pad
-    sheet = Image.new("RGB", (W, H), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    x = label_w + pad
-    for c, name in enumerate(headers[: len(col_w)]):
-        draw.text((x, 2), name, fill=(230, 230, 230))
-        x += col_w[c] + pad
-    for r, row in enumerate(tiled):
-        y = header_h + r * (height + pad)
-        if row_labels is not None:
-            draw.text((pad, y + height // 2 - 6), row_labels[r], fill=(200, 200, 200))
-        x = label_w + pad
-        for c, im in enumerate(row):
-            sheet.paste(im, (x, y))
-            x += col_w[c] + pad
+    sheet = tile_sheet([[fitted(t, height) for t in row] for row in rows], pad=4, background=(24, 24, 24),
+                       row_height=height, headers=list(headers), row_labels=row_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
