@@ -25,6 +25,7 @@ def test_protocol_decoder_survives_coverage_guided_fuzzing(tmp_path):
     assert len(list(seeds.glob("*.bin"))) >= 9
     run = subprocess.run([sys.executable, str(HERE / "fuzz_protocol_decoder.py"), f"-max_total_time={SECONDS}",
                           "-seed=20261201", "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1",
+                          f"-artifact_prefix={tmp_path}/",
                           str(tmp_path), str(seeds)], capture_output=True, text=True, timeout=SECONDS + 120)
     output = run.stdout + run.stderr
     assert "No module named 'atheris'" not in output, "install the dev extra: pip install -e '.[dev]'"
