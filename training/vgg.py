@@ -11,16 +11,16 @@ name :data:`RANDOM_FALLBACK`, and a loud warning says that losses and metrics ar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from .downloads import DownloadError, download_checked, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +165,6 @@ def load_vgg19(weights: str | Path | None = None, *, layers: Sequence[str] | Non
     return vgg
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_sha256(path: Path, expected: str = VGG19_SHA256) -> None:
     digest = sha256_of(path)
     if digest != expected:
@@ -187,19 +179,10 @@ def download_checkpoint(dest: Path, url: str = VGG19_URL, expected: str = VGG19_
     8-digit prefix of the hash; here the full digest is checked before the file is read, and it is then read with
     ``weights_only=True`` (no code from the file runs).
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    log.warning("downloading VGG19 weights %s -> %s", url, dest)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
-            while block := resp.read(1 << 20):
-                f.write(block)
-        _check_sha256(part, expected)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(dest)
-    return dest
+        return download_checked(url, dest, expected, what="VGG19 weights")
+    except DownloadError as exc:
+        raise VGGWeightsError(f"{exc}; download {VGG19_FILENAME} by hand and pass --vgg-weights PATH") from exc
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

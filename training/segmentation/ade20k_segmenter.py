@@ -24,7 +24,8 @@ from rerender.bridge.classes import LANDMARK_CLASSES, ClassTable
 from .ade20k_labels import ADE20K_NAMES, landmark_mapping
 from .ade20k_net import NUM_CLASSES, SceneParser
 from .base import SegmentationError, Segmenter
-from .weights import cache_dir, download_checked, sha256_of
+from ..downloads import sha256_of
+from .weights import cache_dir, download_checked
 
 MODEL = "ade20k-mobilenetv2dilated-c1_deepsup"
 FILES = ("encoder_epoch_20.pth", "decoder_epoch_20.pth")

@@ -7,13 +7,13 @@ overrides the root), checked against a pinned SHA-256 so a changed or truncated 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..downloads import DownloadError
+from ..downloads import download_checked as _download_checked
 from .base import SegmentationError
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ def cache_dir() -> Path:
     return root / "segmentation"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_weights(path: str | Path | None = None, *, checkpoint: str = DEFAULT_CHECKPOINT,
                     download: bool = True) -> Path:
     """The local file of a checkpoint: ``path`` if given (a file, or a folder holding the checkpoint's file name),
@@ -82,20 +74,8 @@ def _download(ckpt: Checkpoint, dest: Path) -> Path:
 
 def download_checked(url: str, dest: Path, sha256: str) -> Path:
     """Download ``url`` to ``dest`` (atomically) and keep it only if its SHA-256 is ``sha256``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    log.warning("downloading segmenter weights %s -> %s", url, dest)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
-            while block := resp.read(1 << 16):
-                f.write(block)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise SegmentationError(f"could not download {url} ({exc}); download it by hand and pass "
-                                f"--segmenter-weights PATH, or put it at {dest}") from exc
-    digest = sha256_of(part)
-    if digest != sha256.lower():
-        part.unlink(missing_ok=True)
-        raise SegmentationError(f"downloaded {url} has SHA-256 {digest}, expected {sha256}; not using it")
-    part.replace(dest)
-    return dest
+        return _download_checked(url, dest, sha256, what="segmenter weights")
+    except DownloadError as exc:
+        raise SegmentationError(f"{exc}; download it by hand and pass --segmenter-weights PATH, or put it at "
+                                f"{dest}") from exc
