@@ -1,4 +1,4 @@
-"""Training hyperparameters, with the paper's / the authors' code defaults (reference/official-code-facts.md).
+"""Training hyperparameters, with the paper's / the authors' code defaults (docs/training.md).
 
 Why a dataclass stored next to every checkpoint: an exact resume needs the exact settings, and a reader of a
 run folder must be able to see what produced it. Tests use :meth:`TrainConfig.tiny`, which keeps the schedule

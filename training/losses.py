@@ -1,4 +1,4 @@
-"""Losses of staged training and of the baselines (paper §3, reference/official-code-facts.md).
+"""Losses of staged training and of the baselines (paper §3, docs/training.md).
 
 Every function takes tensors and returns a scalar tensor (or, for distances, one value per pair), so each has a
 known-answer test: the Gram distance of an image to itself is 0, the triplet loss is 0 once the negative is
