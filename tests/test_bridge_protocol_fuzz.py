@@ -9,6 +9,7 @@ deep-buffer checks) makes libFuzzer exit non-zero and print the input.
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ SECONDS = 25
 def test_protocol_decoder_survives_coverage_guided_fuzzing(tmp_path):
     seeds = HERE / "fuzz_corpus" / "protocol"
     assert len(list(seeds.glob("*.bin"))) >= 9
+    # libFuzzer reads its RSS as getrusage's peak, and Linux carries the parent's peak into a child across
+    # fork + exec: a pytest process that grew to 2.4 GB in earlier tests made the child "out of memory" at its
+    # first input. The limit is therefore 2 GiB above this process's peak.
+    rss_limit_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + 2048
     run = subprocess.run([sys.executable, str(HERE / "fuzz_protocol_decoder.py"), f"-max_total_time={SECONDS}",
-                          "-seed=20261201", "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1",
+                          "-seed=20261201", "-timeout=10", f"-rss_limit_mb={rss_limit_mb}", "-print_final_stats=1",
                           f"-artifact_prefix={tmp_path}/",
                           str(tmp_path), str(seeds)], capture_output=True, text=True, timeout=SECONDS + 120)
     output = run.stdout + run.stderr

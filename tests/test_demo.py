@@ -179,10 +179,11 @@ BLEND_CHECK = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.blender
+@pytest.mark.timeout(1500)  # the whole pipeline: ~3 min alone, over 10 on a machine shared with other work
 def test_tiny_demo_runs_end_to_end_and_every_output_is_sane(tmp_path):
     out = tmp_path / "demo"
     p = PRESETS["tiny"]
-    result = rerender_cli("demo", "--size", "tiny", "--out", str(out), "--no-progress")
+    result = rerender_cli("demo", "--size", "tiny", "--out", str(out), "--no-progress", timeout=1400)
     assert result.returncode == 0, f"rerender demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     for i, stage in enumerate(("collection", "reconstruct", "dataset", "train", "evaluate", "shot", "frames",
                                "media"), start=1):

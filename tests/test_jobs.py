@@ -79,6 +79,9 @@ def test_the_pump_runs_while_busy_and_redraws_on_change(gate, monkeypatch):
         redraws.append(1)
 
     monkeypatch.setattr(jobs, "_change_callbacks", [])  # only this test's callback (ui's is restored afterwards)
+    # only this test's runner and watcher: jobs that earlier tests in this process left to deliver would redraw too
+    monkeypatch.setattr(jobs, "_runners", [])
+    monkeypatch.setattr(jobs, "_watchers", [])
     jobs.on_change(count)
     state = {"changed": False, "busy": False}
     watcher = lambda: (state["changed"], state["busy"])  # noqa: E731
