@@ -1,9 +1,10 @@
-"""Weight downloads that trust no byte before the whole file's SHA-256 matches.
+"""Weights files: downloads that trust no byte before the whole file's SHA-256 matches, and one safe reader.
 
 Why one module: the VGG19 checkpoint and the segmenters' checkpoints are fetched the same way — through a ``.part``
 file next to the destination, the full digest checked, the file moved into place only then — and a fix to that
-(a timeout, a partial file left behind) must reach every network the pipeline downloads. Callers turn
-:class:`DownloadError` into their own error type with the advice that fits them (which flag takes a local path).
+(a timeout, a partial file left behind) must reach every network the pipeline downloads. Checkpoints are read
+the same way too, with ``weights_only=True`` (no code from the file runs). Callers turn :class:`DownloadError`
+and :class:`WeightsFileError` into their own error type with the advice that fits them (which flag takes a path).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 class DownloadError(RuntimeError):
     """The file could not be fetched, or its SHA-256 is not the expected one (nothing was kept)."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file is not a torch checkpoint holding a state dict."""
 
 
 def sha256_of(path: Path) -> str:
@@ -52,4 +57,20 @@ def download_checked(url: str, dest: Path, sha256: str, *, what: str = "weights"
     return dest
 
 
-__all__ = ["DownloadError", "download_checked", "sha256_of"]
+def read_state_dict(path: Path) -> dict:
+    """The state dict in a torch checkpoint, read with ``weights_only=True``; a ``{"state_dict": ...}`` wrapper (as
+    training scripts save them) is unwrapped."""
+    import torch  # only the readers need torch; the download half stays importable without it
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise WeightsFileError(f"{path} is not a readable torch checkpoint ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsFileError(f"{path} holds no state dict (got {type(state).__name__})")
+    return state
+
+
+__all__ = ["DownloadError", "WeightsFileError", "download_checked", "read_state_dict", "sha256_of"]

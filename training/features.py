@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .config import FEATURE_CHOICES
+from .downloads import WeightsFileError, read_state_dict
 from .vgg import IMAGENET, VGG19Features, load_vgg19
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,9 @@ def load_segmenter_features(weights: str | Path | None = None, *, download: bool
     except SegmentationError as exc:
         raise FeatureError(f"segmenter-encoder features: {exc}") from exc
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise FeatureError(f"{path} is not a readable torch checkpoint ({exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+        state = read_state_dict(path)
+    except WeightsFileError as exc:
+        raise FeatureError(f"segmenter-encoder features: {exc}") from exc
     return SegmenterFeatures(state, source=str(path))
 
 

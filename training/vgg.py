@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .downloads import DownloadError, download_checked, sha256_of
+from .downloads import DownloadError, WeightsFileError, download_checked, read_state_dict, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,6 @@ def download_checkpoint(dest: Path, url: str = VGG19_URL, expected: str = VGG19_
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise VGGWeightsError(f"{path}: not a readable torch checkpoint ({exc}); re-download {VGG19_URL}") from exc
-    if not isinstance(state, dict):
-        raise VGGWeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
+        return read_state_dict(path)
+    except WeightsFileError as exc:
+        raise VGGWeightsError(f"{exc}; re-download {VGG19_URL}") from exc

@@ -24,7 +24,7 @@ from rerender.bridge.classes import LANDMARK_CLASSES, ClassTable
 from .ade20k_labels import ADE20K_NAMES, landmark_mapping
 from .ade20k_net import NUM_CLASSES, SceneParser
 from .base import SegmentationError, Segmenter
-from ..downloads import sha256_of
+from ..downloads import WeightsFileError, read_state_dict, sha256_of
 from .weights import cache_dir, download_checked
 
 MODEL = "ade20k-mobilenetv2dilated-c1_deepsup"
@@ -68,13 +68,9 @@ def resolve_ade20k_weights(path: str | Path | None = None, *, sha256: str | None
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise SegmentationError(f"{path} is not a readable torch checkpoint ({exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} holds no state dict")
+        state = read_state_dict(path)
+    except WeightsFileError as exc:
+        raise SegmentationError(str(exc)) from exc
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

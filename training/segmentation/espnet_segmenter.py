@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from rerender.bridge.classes import DEFAULT_CLASSES, UNKNOWN, ClassTable
 
+from ..downloads import WeightsFileError, read_state_dict
 from .base import SegmentationError, Segmenter
 from .espnet import ESPNet, ESPNetC
 from .weights import CHECKPOINTS, DEFAULT_CHECKPOINT, resolve_weights
@@ -50,11 +51,9 @@ class EspnetSegmenter(Segmenter):
             raise SegmentationError(f"max_side={max_side} is too small; ESPNet needs at least 64 px")
         self.weights_path = resolve_weights(weights, checkpoint=checkpoint, download=download)
         try:
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a bad file
-            raise SegmentationError(f"{self.weights_path} is not a readable torch checkpoint ({exc})") from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+            state = read_state_dict(self.weights_path)
+        except WeightsFileError as exc:
+            raise SegmentationError(str(exc)) from exc
         self.architecture = CHECKPOINTS[checkpoint].architecture
         self.net = build_network(self.architecture, state).to(device)
         self.device = device
