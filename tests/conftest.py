@@ -21,3 +21,12 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED} (set RERENDER_SHARED)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def espnet_dir(shared_dir: Path) -> Path:
+    """The real ESPNet Cityscapes weights in ../shared/models/espnet; skip with a reason when absent."""
+    d = shared_dir / "models" / "espnet"
+    if not (d / "espnet_p2_q8_cityscapes.pth").is_file():
+        pytest.skip(f"ESPNet weights not found in {d} (they come from github.com/sacmehta/ESPNet)")
+    return d

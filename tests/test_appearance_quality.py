@@ -31,14 +31,6 @@ SIZES = dict(base_channels=8, depth=3, max_channels=32, latent_size=4, encoder_c
 
 
 @pytest.fixture(scope="module")
-def espnet_dir(shared_dir: Path) -> Path:
-    d = shared_dir / "models" / "espnet"
-    if not (d / "espnet_p2_q8_cityscapes.pth").is_file():
-        pytest.skip(f"ESPNet weights not found in {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny staged FiLM run (stage 1 .. semantic), exported: (dataset, bundle)."""
     root = tmp_path_factory.mktemp("film")

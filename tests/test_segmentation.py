@@ -16,14 +16,6 @@ from rerender.training.segmentation.espnet_segmenter import EspnetSegmenter, bui
 
 
 @pytest.fixture(scope="module")
-def espnet_dir(shared_dir: Path) -> Path:
-    d = shared_dir / "models" / "espnet"
-    if not (d / "espnet_p2_q8_cityscapes.pth").is_file():
-        pytest.skip(f"ESPNet weights not found in {d} (they come from github.com/sacmehta/ESPNet)")
-    return d
-
-
-@pytest.fixture(scope="module")
 def segmenter(espnet_dir: Path) -> EspnetSegmenter:
     return EspnetSegmenter(espnet_dir, max_side=384)
 
