@@ -46,14 +46,17 @@ class LatentFit:
 
 def fit_latent(runtime, photo: np.ndarray, buffer: DeepBuffer, *, steps: int = DEFAULT_FIT_STEPS, lr: float = 0.05,
                init: np.ndarray | None = None, mask: np.ndarray | None = None, anchor_weight: float = 1e-3,
-               progress: Callable[[int, int, float], None] | None = None,
+               anchor: np.ndarray | None = None, progress: Callable[[int, int, float], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> LatentFit:
     """Optimise the latent of ``runtime``'s bundle so that R(buffer, z) matches ``photo``.
 
     ``runtime`` is a :class:`~rerender.backend.runtime.ModelRuntime`. Starts from ``init`` or the encoder's answer
-    for (photo, buffer); ``mask`` (H x W bool) restricts the loss to some pixels. ``progress(step, steps, loss)`` is
-    called every step; ``cancel()`` returning True stops early (the best latent so far is returned). The returned
-    latent is the best one seen, so the result is never worse than the start on the fitted pixels.
+    for (photo, buffer); ``mask`` (H x W bool) restricts the loss to some pixels. ``anchor`` is the latent the
+    small pull goes towards (default: the start); a fit run as a chain of short requests passes the encoder's
+    answer here on every link, so that the chain optimises the same objective as one long fit would.
+    ``progress(step, steps, loss)`` is called every step; ``cancel()`` returning True stops early (the best latent
+    so far is returned). The returned latent is the best one seen, so the result is never worse than the start on
+    the fitted pixels.
     """
     if runtime.bundle.encoder is None and init is None:
         raise ValueError(f"bundle {runtime.config.name!r} has no appearance latent to fit (latent_size 0)")
@@ -69,22 +72,43 @@ def fit_latent(runtime, photo: np.ndarray, buffer: DeepBuffer, *, steps: int = D
     start = np.asarray(init if init is not None else runtime.encode([photo], [buffer])[0], np.float32).reshape(-1)
     if start.shape != (runtime.latent_size,):
         raise ValueError(f"init latent must have {runtime.latent_size} values, got {start.size}")
+    pull = start if anchor is None else np.asarray(anchor, np.float32).reshape(-1)
+    if pull.shape != start.shape:
+        raise ValueError(f"anchor latent must have {runtime.latent_size} values, got {pull.size}")
     with torch.inference_mode(False), torch.enable_grad():  # callable from inside a server's inference context
-        return _optimise(runtime, photo, buffer, start, steps, lr, mask, anchor_weight, progress, cancel)
+        return _optimise(runtime, photo, buffer, start, pull, steps, lr, mask, anchor_weight, progress, cancel)
 
 
-def _optimise(runtime, photo: np.ndarray, buffer: DeepBuffer, start: np.ndarray, steps: int, lr: float,
-              mask: np.ndarray | None, anchor_weight: float, progress, cancel) -> LatentFit:
-    device = runtime.device
+def photo_losses(runtime, photo: np.ndarray, buffer: DeepBuffer, latents: np.ndarray) -> np.ndarray:
+    """The photo loss of each of N candidate latents (N x latent_size) for (photo, buffer): float32 N.
+
+    The same L1 as :func:`fit_latent` (its ``losses[0]`` for that start), in one batched forward pass; a request
+    with several candidate starts is fitted from the lowest.
+    """
+    latents = np.asarray(latents, np.float32).reshape(-1, runtime.latent_size)
+    with torch.inference_mode(False), torch.no_grad():
+        x, h, w, target = _inputs(runtime, photo, buffer)
+        z = torch.from_numpy(np.ascontiguousarray(latents)).to(runtime.device)
+        out = runtime.bundle.rerenderer(x.repeat(len(z), 1, 1, 1), z)[:, :, :h, :w].float()
+        return (out - target).abs().mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float32)
+
+
+def _inputs(runtime, photo: np.ndarray, buffer: DeepBuffer) -> tuple[torch.Tensor, int, int, torch.Tensor]:
+    """The rerenderer's padded input for ``buffer`` (on the device), its unpadded (h, w), and the photo in [-1, 1]."""
     encoding = runtime.encoding
     x = encoding.encode_buffers([buffer], with_labels=runtime.config.use_semantics)
     x, h, w = runtime._pad(x)
-    x = x.to(device)
-    target = encoding.encode_photos([photo]).to(device)
+    return x.to(runtime.device), h, w, encoding.encode_photos([photo]).to(runtime.device)
+
+
+def _optimise(runtime, photo: np.ndarray, buffer: DeepBuffer, start: np.ndarray, anchor: np.ndarray, steps: int,
+              lr: float, mask: np.ndarray | None, anchor_weight: float, progress, cancel) -> LatentFit:
+    device = runtime.device
+    x, h, w, target = _inputs(runtime, photo, buffer)
     weight = torch.ones_like(target[:, :1]) if mask is None else \
         torch.from_numpy(np.ascontiguousarray(mask)).to(device, torch.float32)[None, None]
-    z0 = torch.from_numpy(start).to(device)[None]
-    z = z0.clone().requires_grad_(True)
+    z0 = torch.from_numpy(anchor).to(device)[None]
+    z = torch.from_numpy(start).to(device)[None].clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     R = runtime.bundle.rerenderer
     flags = [p.requires_grad for p in R.parameters()]
@@ -117,4 +141,4 @@ def _optimise(runtime, photo: np.ndarray, buffer: DeepBuffer, start: np.ndarray,
     return result
 
 
-__all__ = ["DEFAULT_FIT_STEPS", "LatentFit", "MAX_FIT_STEPS", "fit_latent"]
+__all__ = ["DEFAULT_FIT_STEPS", "LatentFit", "MAX_FIT_STEPS", "fit_latent", "photo_losses"]

@@ -105,6 +105,7 @@ def _wire_path(runtime: Any) -> bool:
 
 
 def _prepare_encode(runtime: Any, arrays: dict[str, np.ndarray], latent_size: int | None) -> Any:
+    """(buffer, photo), or (buffer, photo, init) when the request carries candidate starts for the fit."""
     photo = arrays.get("photo")
     if photo is None or photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
         raise ProtocolError(CODE_BAD_PARAMS, "encode needs a 'photo' array, uint8 sRGB H x W x 3")
@@ -112,7 +113,30 @@ def _prepare_encode(runtime: Any, arrays: dict[str, np.ndarray], latent_size: in
     if photo.shape[:2] != buffer.shape:
         raise ProtocolError(CODE_BAD_PARAMS, f"the photo is {photo.shape[:2]} but its deep buffer is "
                                              f"{buffer.shape}; render the buffer at the photo's size")
+    if "init" in arrays:
+        return buffer, np.array(photo), check_init(arrays["init"], latent_size)
     return buffer, np.array(photo)
+
+
+MAX_INIT_LATENTS = 64  # candidate starts one encode request may carry (one forward pass each)
+
+
+def check_init(init: np.ndarray, latent_size: int | None) -> np.ndarray:
+    """The ``init`` array of an encode request as float32 N x latent_size, or ProtocolError(bad_params).
+
+    Why N rows: a chained fit sends its best latent so far (N = 1); a caller may also offer several starts (gallery
+    looks, say) and the fit continues from the one with the lowest photo loss."""
+    a = np.asarray(init)
+    want = f"float32 1 x {latent_size or 'latent_size'} or N x {latent_size or 'latent_size'} (N <= {MAX_INIT_LATENTS})"
+    if a.dtype not in (np.float32, np.float16) or a.ndim not in (1, 2):
+        raise ProtocolError(CODE_BAD_PARAMS, f"encode: 'init' must be {want}, got {a.dtype}{list(a.shape)}")
+    a = np.array(a.reshape(1, -1) if a.ndim == 1 else a, dtype=np.float32)
+    if (latent_size is not None and a.shape[1] != latent_size) or not 1 <= a.shape[0] <= MAX_INIT_LATENTS:
+        raise ProtocolError(CODE_BAD_PARAMS, f"encode: 'init' must be {want}, got {list(np.shape(init))}: the "
+                                             f"model's latent size is {latent_size} (ask `hello`)")
+    if not np.isfinite(a).all():
+        raise ProtocolError(CODE_BAD_PARAMS, "encode: 'init' contains NaN or infinity; send finite latents")
+    return a
 
 
 def _prepare_segment(runtime: Any, arrays: dict[str, np.ndarray], latent_size: int | None) -> Any:
@@ -140,12 +164,27 @@ def _compute_rerender(runtime: Any, inputs: list[Any], params: dict[str, Any]) -
 
 
 def _compute_encode(runtime: Any, inputs: list[Any], params: dict[str, Any]) -> Computed:
-    latents = np.asarray(runtime.encode([p for _, p in inputs], [b for b, _ in inputs]), dtype=np.float32)
-    if params.get("fit_steps"):  # optimise each latent against its photo, from the encoder's answer
-        from .latent_fit import fit_latent
-        latents = np.stack([fit_latent(runtime, p, b, steps=params["fit_steps"], init=z).latent
-                            for (b, p), z in zip(inputs, latents)])
-    return [{"latent": z} for z in latents], None
+    """The encoder's latents; with ``fit_steps`` or an ``init``, each optimised against its photo.
+
+    The fit starts from the request's ``init`` (the lowest-loss row) or the encoder's answer, and always pulls
+    towards the encoder's answer, so a fit chained over short requests optimises what one long fit would. Fitted
+    replies also carry ``photo_loss`` = [loss at the start, loss of the returned latent]."""
+    encoded = np.asarray(runtime.encode([item[1] for item in inputs], [item[0] for item in inputs]),
+                         dtype=np.float32)
+    steps = params.get("fit_steps") or 0
+    results = []
+    for item, z in zip(inputs, encoded):
+        buffer, photo, *init = item
+        if not steps and not init:
+            results.append({"latent": z})
+            continue
+        from .latent_fit import fit_latent, photo_losses
+
+        starts = init[0] if init else z[None]
+        start = starts[int(np.argmin(photo_losses(runtime, photo, buffer, starts)))] if len(starts) > 1 else starts[0]
+        fit = fit_latent(runtime, photo, buffer, steps=steps, init=start, anchor=z)
+        results.append({"latent": fit.latent, "photo_loss": np.array([fit.initial_loss, fit.final_loss], np.float32)})
+    return results, None
 
 
 def _compute_segment(runtime: Any, inputs: list[Any], params: dict[str, Any]) -> Computed:
@@ -182,7 +221,7 @@ OP_TABLE: dict[str, OpSpec] = {spec.name: spec for spec in (
            params=(Param("output", "uint8", OUTPUTS, str), Param("fill_labels", False, (), bool)),
            arrays=_BUFFER | {"latent"}, prepare=_prepare_rerender, compute=_compute_rerender,
            batch_params=("output", "fill_labels")),
-    OpSpec("encode", needs_model=True, arrays=_BUFFER | {"photo"}, prepare=_prepare_encode,
+    OpSpec("encode", needs_model=True, arrays=_BUFFER | {"photo", "init"}, prepare=_prepare_encode,
            compute=_compute_encode, params=(Param("fit_steps", 0, (), int, (0, 5000)),),
            batch_params=("fit_steps",)),
     OpSpec("segment", needs_model=True, arrays=_BUFFER, prepare=_prepare_segment, compute=_compute_segment),
@@ -198,4 +237,4 @@ def frame_size(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-__all__ = ["OP_TABLE", "OpSpec", "Param", "OUTPUTS", "frame_size"]
+__all__ = ["MAX_INIT_LATENTS", "OP_TABLE", "OpSpec", "Param", "OUTPUTS", "check_init", "frame_size"]
