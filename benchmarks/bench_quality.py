@@ -76,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="generator render quality of the photos (known poses need no SfM-grade photos)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(ROWS)}")
-    p.add_argument("--budget-minutes", type=float, default=25.0, help="process CPU minutes of training, all rows")
+    p.add_argument("--budget-minutes", type=float, default=25.0,
+                   help="wall-clock minutes of training for all rows on this machine, --jobs rows at a time; each "
+                        "row gets budget x jobs / rows of process CPU time")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="rows trained at once, in separate processes of one torch thread (default 2: this "
+                        "2-core CPU); 1 trains them one after another in this process")
     p.add_argument("--split", default="0.1,0.5,0.4", help="share of a staged row's budget in stage 1, 2, 3")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig field for all rows")
     p.add_argument("--fit-steps", type=int, default=200, help="latent fitting steps of the half-image protocol")
@@ -393,6 +398,40 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def run_rows_in_parallel(argv: list[str], rows: list[Row], out: Path, jobs: int) -> int:
+    """Train and evaluate every row in its own process (this script with ``--no-merge``), ``jobs`` at a time.
+
+    Why processes and not threads: each row then has its own ``time.process_time`` budget and one torch thread,
+    so two rows on two cores get the same work as one row would alone. Logs go to OUT/logs/ROW.log.
+    """
+    import subprocess
+
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    base = [a for a in argv]
+    pending, running, failed = list(rows), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            row = pending.pop(0)
+            log = open(out / "logs" / f"{row.name}.log", "w")
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--rows", row.name, "--no-merge",
+                   "--budget-rows", str(len(rows))]
+            print(f"started {row.name} (log {log.name})", flush=True)
+            running.append((row, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(2.0)
+        for item in list(running):
+            row, proc, log = item
+            if proc.poll() is not None:
+                running.remove(item)
+                log.close()
+                print(f"finished {row.name}: exit {proc.returncode}", flush=True)
+                if proc.returncode != 0:
+                    failed.append(row.name)
+    if failed:
+        print(f"rows failed: {', '.join(failed)} (see {out / 'logs'})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -416,8 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{truth.renders} ground-truth views rendered into {truth.cache}")
         return 0
     values = base_config(args)
-    budget = args.budget_minutes * 60.0 / (args.budget_rows or len(rows))
-    if not args.merge_only:
+    budget = args.budget_minutes * 60.0 * max(1, args.jobs) / (args.budget_rows or len(rows))
+    if not args.merge_only and not args.no_merge and args.jobs > 1 and len(rows) > 1:
+        if run_rows_in_parallel(argv if argv is not None else sys.argv[1:], rows, out, args.jobs) != 0:
+            return 1
+    elif not args.merge_only:
         for row in rows:
             print(f"training {row.name} ({row.label}) for {budget:.0f} CPU s ...", flush=True)
             facts = train_row(row, data, out / "runs" / row.name, values, budget, split)

@@ -153,3 +153,54 @@ def test_multiscale_discriminator_shapes_and_gradient():
     assert outs[0].shape[-1] > outs[1].shape[-1] > outs[2].shape[-1]
     losses.lsgan_d_loss(outs, outs).backward()
     assert all(p.grad is not None for p in d.parameters() if p.requires_grad)
+
+
+def test_colour_statistics_loss_sees_colour_not_layout():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert float(losses.colour_statistics_loss(img, img)) == 0.0
+    # the same pixels in another order: mean and std agree, only the low-pass term differs a little
+    shuffled = img.flatten(2)[:, :, torch.randperm(32 * 32)].reshape(img.shape)
+    warmer = img.clone()
+    warmer[:, 0] += 0.4
+    assert float(losses.colour_statistics_loss(warmer, img)) > 2 * float(losses.colour_statistics_loss(shuffled, img))
+    out = torch.zeros(1, 3, 16, 16, requires_grad=True)
+    losses.colour_statistics_loss(out, torch.full((1, 3, 16, 16), 0.5)).backward()
+    assert out.grad is not None and float(out.grad.sum()) < 0  # pushes the output up towards the target
+
+
+def test_colour_histograms_are_unit_vectors_and_separate_colours():
+    grey = torch.full((1, 8, 8, 3), 128, dtype=torch.uint8)
+    blue = grey.clone()
+    blue[..., 2] = 250
+    h = losses.colour_histograms(torch.cat([grey, grey, blue]))
+    assert torch.allclose((h ** 2).sum(1), torch.ones(3))
+    d = losses.appearance_distances(torch.zeros(3, 3), h, colour_weight=1.0)
+    assert float(d[0, 1]) == 0.0 and float(d[0, 2]) > 0.0 and torch.equal(d, d.T)
+    gram = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]])
+    assert torch.equal(losses.appearance_distances(gram, h, colour_weight=0.0), gram)
+
+
+def test_hard_mining_takes_the_far_photo_whose_latent_is_nearest():
+    from types import SimpleNamespace
+
+    from rerender.training.steps import PhaseSteps
+
+    class Miner(PhaseSteps):
+        def __init__(self, mining: str) -> None:
+            # photo 0's style neighbours: 1, 2 near; 3, 4, 5 far
+            self.style_distances = torch.tensor([[0, 1, 1, 9, 9, 9]], dtype=torch.float32).repeat(6, 1)
+            self.config = SimpleNamespace(triplet_k_near=2, triplet_k_far=3, triplet_mining=mining)
+            self.train_set = [None] * 6
+            self.gen = torch.Generator().manual_seed(0)
+
+    miner = Miner("hard")
+    z = torch.tensor([[0.0], [5.0], [0.1], [3.0], [0.2], [4.0]])  # latents: 4 is the far photo nearest 0
+    miner._remember_latents(list(range(6)), z)
+    for _ in range(5):
+        pos, neg = miner.triplets([0])
+        assert neg == [4] and pos == [1]  # hardest negative, hardest (farthest) positive
+    paper = Miner("random")
+    paper._remember_latents(list(range(6)), z)  # ignored without hard mining
+    random_negs = {paper.triplets([0])[1][0] for _ in range(30)}
+    assert random_negs == {3, 4, 5}

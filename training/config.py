@@ -48,6 +48,9 @@ class TrainConfig:
     vgg_layer_weights: tuple[float, ...] = PAPER_VGG_WEIGHTS
     vgg_feature_scale: float = 0.1
     w_l1: float = 0.0  # the staged method uses no direct L1; baselines may
+    # colour statistics (losses.colour_statistics_loss): per-channel mean, std and low-pass colour of the output
+    # against the photo; 0 = the paper's losses only
+    w_colour: float = 0.0
     # appearance pretraining (stage 1)
     triplet_margin: float = 0.1
     triplet_k_near: int = 5
@@ -56,7 +59,13 @@ class TrainConfig:
     # Why: an absolute margin of 0.1 is met at initialisation (measured: loss ~0 from step 50), because the
     # encoder's latents are already far apart; a relative margin cannot be met by scale alone.
     triplet_relative_margin: float = 0.0
+    # "random": the negative is drawn among the k_far farthest (the paper); "hard": of those, the one whose latent
+    # is nearest the anchor's now, so the loss keeps teaching after the easy triplets are met (FaceNet's mining)
+    triplet_mining: str = "random"
     style_size: int = 256  # central crop the style distance is computed on
+    # weight of the colour-histogram distance added to the Gram distance that ranks stage 1's triplets
+    # (losses.appearance_distances; both normalised by their median); 0 = the paper's Gram distance alone
+    style_colour_weight: float = 0.0
     # BicycleGAN-style baseline (+Sem+BaseApp)
     w_kl: float = 0.01
     w_latent: float = 0.5
@@ -103,6 +112,8 @@ class TrainConfig:
         if self.appearance_conditioning not in ("concat", "film"):
             raise ConfigError(f"appearance_conditioning must be 'concat' or 'film', got "
                               f"{self.appearance_conditioning!r}")
+        if self.triplet_mining not in ("random", "hard"):
+            raise ConfigError(f"triplet_mining must be 'random' or 'hard', got {self.triplet_mining!r}")
         if not 0.0 <= self.triplet_relative_margin < 2.0:
             raise ConfigError(f"triplet_relative_margin must be in [0, 2), got {self.triplet_relative_margin}")
 

@@ -68,9 +68,16 @@ class PhaseSteps:
 
     def _reconstruction(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        vgg = losses.perceptual_loss(self.vgg, out, target, self.feature_weights, self.feature_scale)
+        vgg = losses.perceptual_loss(self.vgg, out, target, self.feature_weights, self.feature_scale) \
+            if c.w_vgg > 0 else out.new_zeros(())
         l1 = losses.l1_loss(out, target)
-        return c.w_vgg * vgg + c.w_l1 * l1, {"vgg": float(vgg.detach()), "l1": float(l1.detach())}
+        total = c.w_vgg * vgg + c.w_l1 * l1
+        parts = {"vgg": float(vgg.detach()), "l1": float(l1.detach())}
+        if c.w_colour > 0:
+            colour = losses.colour_statistics_loss(out, target)
+            total = total + c.w_colour * colour
+            parts["colour"] = float(colour.detach())
+        return total, parts
 
     # ---- phases --------------------------------------------------------------------------------------------------
 
@@ -83,26 +90,35 @@ class PhaseSteps:
         if path.is_file():
             cached = torch.load(path, weights_only=True)
             if cached["names"] == names and cached["style_size"] == self.config.style_size \
-                    and cached.get("features") == self.vgg.weights_name:
+                    and cached.get("features") == self.vgg.weights_name \
+                    and cached.get("colour_weight", 0.0) == self.config.style_colour_weight:
                 self.style_distances = cached["distances"]
                 return
         from tqdm import tqdm
         size = min(self.config.style_size, self.config.load_size)
         start = (self.config.load_size - size) // 2
         grams: list[list[torch.Tensor]] = []
+        hists: list[torch.Tensor] = []
         n, chunk = len(self.train_set), 16
         for i in tqdm(range(0, n, chunk), desc="style distances", disable=not self.progress, leave=False):
             photos = np.stack([self.train_set[j]["photo"][start:start + size, start:start + size]
                                for j in range(i, min(n, i + chunk))])
             grams.append([g.cpu() for g in losses.style_grams(self.vgg, photos_tensor(photos).to(self.device))])
+            hists.append(losses.colour_histograms(torch.from_numpy(photos)))
         stacked = [torch.cat([g[j] for g in grams]) for j in range(len(grams[0]))]
-        self.style_distances = losses.pairwise_style_distances(stacked)
+        self.style_distances = losses.appearance_distances(
+            losses.pairwise_style_distances(stacked), torch.cat(hists), self.config.style_colour_weight)
         if self.ctx.is_main:
             _atomic_save({"names": names, "style_size": self.config.style_size, "features": self.vgg.weights_name,
-                          "distances": self.style_distances}, path)
+                          "colour_weight": self.config.style_colour_weight, "distances": self.style_distances}, path)
 
     def triplets(self, anchors: list[int]) -> tuple[list[int], list[int]]:
-        """For each anchor: a positive among its k nearest, a negative among its k farthest (style distance)."""
+        """For each anchor: a positive among its k nearest, a negative among its k farthest (style distance).
+
+        With ``triplet_mining`` "hard", the negative is the far photo whose latent (as last encoded, see
+        ``_latent_bank``) is nearest the anchor's, and the positive the near photo whose latent is farthest;
+        photos not yet encoded are drawn at random as in the paper.
+        """
         d = self.style_distances
         assert d is not None
         n = d.shape[0]
@@ -110,15 +126,37 @@ class PhaseSteps:
             raise TrainingError(f"appearance pretraining needs at least 3 training photos, the dataset has {n}")
         k_near = max(1, min(self.config.triplet_k_near, n - 2))
         k_far = max(1, min(self.config.triplet_k_far, n - 1 - k_near))
+        bank = getattr(self, "_latent_bank", None) if self.config.triplet_mining == "hard" else None
         pos, neg = [], []
         for a in anchors:
             row = d[a].clone()
             row[a] = float("inf")
             order = torch.argsort(row, stable=True).tolist()  # nearest first, the anchor itself last
             near, far = order[:k_near], order[:-1][-k_far:]
-            pos.append(near[int(torch.randint(len(near), (1,), generator=self.gen))])
-            neg.append(far[int(torch.randint(len(far), (1,), generator=self.gen))])
+            p = near[int(torch.randint(len(near), (1,), generator=self.gen))]
+            q = far[int(torch.randint(len(far), (1,), generator=self.gen))]
+            if bank is not None and bank[1][a]:
+                z, seen = bank
+                near_seen = [j for j in near if seen[j]]
+                far_seen = [j for j in far if seen[j]]
+                if near_seen:
+                    p = max(near_seen, key=lambda j: float(((z[j] - z[a]) ** 2).sum()))
+                if far_seen:
+                    q = min(far_seen, key=lambda j: float(((z[j] - z[a]) ** 2).sum()))
+            pos.append(p)
+            neg.append(q)
         return pos, neg
+
+    def _remember_latents(self, indices: list[int], latents: torch.Tensor) -> None:
+        """Keep the latest latent of every photo stage 1 encodes (for hard mining; no extra encoder passes)."""
+        if self.config.triplet_mining != "hard":
+            return
+        n = len(self.train_set)
+        if getattr(self, "_latent_bank", None) is None:
+            self._latent_bank = (torch.zeros(n, latents.shape[1]), torch.zeros(n, dtype=torch.bool))
+        z, seen = self._latent_bank
+        z[indices] = latents.detach().float().cpu()
+        seen[indices] = True
 
     def step_appearance(self, batch: dict[str, Any]) -> dict[str, float]:
         """Stage 1: Ea alone, triplet loss on latents; positives/negatives chosen by the cached style distance."""
@@ -134,6 +172,7 @@ class PhaseSteps:
             zo = self._encode(self.E, photo_o, x_o)[0]
             loss = losses.triplet_loss(za, zo[:n], zo[n:], self.config.triplet_margin,
                                        relative=self.config.triplet_relative_margin)
+        self._remember_latents([int(i) for i in batch["index"]] + pos + neg, torch.cat([za, zo]))
         self._update(loss, ("E",), (self.E,))
         self.ema_E.update(self.E)
         return {"triplet": float(loss.detach())}
