@@ -1,5 +1,6 @@
 """The artist's looks, with the backend: fetching the bundle's gallery and encoding photos off the UI thread, and the
-operators the panels show (apply at a frame, mix, encode, remove).
+operators the panels show (apply at a frame, mix, encode, remove). Matching a photo (a look fitted to it over many
+steps, with progress and cancel) is ``photo_match.py``, registered from here.
 
 The scene-data side (storing, applying, keying and mixing looks, thumbnails, photo loading) is ``looks.py``; its names
 are re-exported here, where scripts have always found them.
@@ -20,13 +21,14 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import connection, properties
+from . import connection, photo_match, properties
 from .jobs import PARALLEL, JobRunner
 from .looks import (  # noqa: F401  (re-exported: scripts and tests use these names from here)
     ENCODE_MAX_SIDE, ENCODE_MULTIPLE, THUMBNAIL_PREFIX, THUMBNAIL_SIDE, LookError, apply_look, encode_size,
     find_look, image_pixels, key_interpolation, load_photo, look_latent, look_names, mix_latents, mix_looks,
     photo_and_buffer, store_gallery, store_look, thumbnail_image, thumbnail_of,
 )
+from .photo_match import match_photo_async  # noqa: F401  (re-exported: "match this photo", photo_match.py)
 from .preferences import backend_settings
 
 
@@ -203,4 +205,14 @@ CLASSES = (RERENDER_OT_fetch_gallery, RERENDER_OT_apply_look, RERENDER_OT_mix_lo
            RERENDER_OT_remove_look)
 
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register() -> None:
+    _register_classes()
+    photo_match.register()
+
+
+def unregister() -> None:
+    photo_match.unregister()
+    _unregister_classes()

@@ -11,7 +11,7 @@ import time
 
 import bpy
 
-from . import appearance, connection, jobs, properties, semantics, ui
+from . import appearance, connection, jobs, photo_match, properties, semantics, ui
 from .preferences import backend_settings
 
 PERIODIC_CHECK_S = 15.0  # background re-check of the backend while Blender's UI runs
@@ -44,13 +44,15 @@ def draw_appearance(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
 
 
 def draw_looks(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
-    """The look gallery (searchable list with thumbnails), apply-at-frame, mix slider, photo encoding."""
+    """The look gallery (searchable list with thumbnails), apply-at-frame, mix slider, photo encoding and matching
+    (a running match shows its progress and a Cancel button here)."""
     settings = scene.rerender
     box = layout.box()
     row = box.row(align=True)
     row.label(text=f"Looks ({len(settings.looks)})", icon="IMAGE_DATA")
     row.operator("rerender.fetch_gallery", text="", icon="IMPORT")
     row.operator("rerender.encode_photo", text="", icon="FILE_IMAGE")
+    row.operator("rerender.match_photo", text="", icon="EYEDROPPER")
     row.operator("rerender.remove_look", text="", icon="X")
     box.template_list("RERENDER_UL_looks", "", settings, "looks", settings, "looks_index", rows=4)
     row = box.row(align=True)
@@ -68,6 +70,7 @@ def draw_looks(layout: bpy.types.UILayout, scene: bpy.types.Scene) -> None:
         box.label(text=message[:90], icon="ERROR" if level == "ERROR" else "INFO")
     for what in appearance.jobs.busy:
         box.label(text=f"{what} …", icon="SORTTIME")
+    photo_match.draw_match(box)
 
 
 class RERENDER_PT_render(bpy.types.Panel):
