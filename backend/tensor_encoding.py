@@ -13,13 +13,26 @@ is ``isfinite(depth)``; a client may skip sending it (docs/protocol.md).
 
 Replicate padding to the U-Net's multiple is applied to the integer index planes before the gather, which is the
 same as padding the encoded planes (the encoding is per pixel) and costs nothing extra.
+
+Why pairs and bands (the server's wire path on the CPU, :meth:`TensorEncoder.encode`): a gather costs per element,
+not per byte, and torch's ``index_select`` runs on one core. Two neighbouring pixels of an 8-bit plane, read as one
+little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed as float64): one gather writes two
+pixels, so an 8-bit channel costs half the gathers. The frame is cut into row bands, each built (indices in a small
+scratch that stays in cache, then the gathers) by one thread of a small pool: torch releases the GIL, so the two
+cores of a small machine both gather. Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in the same bands:
+five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest
+integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import threading
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +45,21 @@ if TYPE_CHECKING:
     from .encoding import InputEncoding
 
 _ALL_FLOAT16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+_CODES16 = np.arange(65536)
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the pair tables read two bytes as one little-endian code
+QUANTISE_BANDS_PER_THREAD = 2  # output quantisation: 4 bands on 2 cores (a 1080p band of 6 MB; measured best)
+BANDS_PER_THREAD = 2  # few large bands: each torch call holds the GIL for its dispatch, so small bands serialise
+MAGIC_ROUND = 8388608.0  # 2**23: x + 2**23 (0 <= x < 2**22) rounds x to an integer, ties to even, in float32
+
+
+def _pair_table(table: np.ndarray) -> np.ndarray:
+    """A 256-entry float32 table as a 65536-entry table of float32 pairs viewed as float64: code lo | hi << 8 ->
+    (table[lo], table[hi]), the values of two neighbouring pixels (the lower address is the first one)."""
+    pairs = np.empty((65536, 2), np.float32)
+    pairs[:, 0], pairs[:, 1] = table[_CODES16 & 255], table[_CODES16 >> 8]
+    return pairs.view(np.float64).reshape(-1)
+
+
 def _color16_table() -> np.ndarray:
     """float16 linear color bits -> encoded sRGB channel value; one extra entry (-1) for undrawn pixels."""
     with np.errstate(invalid="ignore"):  # NaN bit patterns encode to NaN, as linear_to_srgb does for them
@@ -54,17 +82,29 @@ class TensorEncoder:
         put = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)  # noqa: E731
         self.color16, self.color8, self.depth16, self.photo = put(color16), put(color8), put(depth16), put(photo)
         self.labels = [put(row) for row in labels]
+        pairs = lambda a: torch.from_numpy(_pair_table(a)).to(self.device)  # noqa: E731
+        self.color8_pairs = pairs(color8)
+        self.mask_pairs = pairs(np.array([-1.0, 1.0] + [np.nan] * 254, np.float32))  # drawn 0/1 -> -1/+1
+        # pair tables of the label channels only for the palette encoding (3 channels); onehot has up to 255
+        self.label_pairs = [pairs(row) for row in labels] if len(labels) <= 4 else None
         self.num_classes = encoding.num_classes
         scalar = lambda v: torch.tensor(np.float32(v), device=self.device)  # noqa: E731
         e = encoding
         self._one, self._far, self._empty = scalar(1.0), scalar(e.far), scalar(e.empty_depth)
+        self._minus_one = scalar(-1.0)
         self._inv_far, self._inv_span = scalar(1.0 / e.far), scalar(1.0 / e.near - 1.0 / e.far)
         self._lin_span = scalar(e.far - e.near)
 
     # ---- checks -------------------------------------------------------------------------------------------------
 
     def check_labels(self, label: torch.Tensor) -> None:
-        """ValueError when a class id is outside the bundle's table (255 = unknown is fine): a 256-bin histogram."""
+        """ValueError when a class id is outside the bundle's table (255 = unknown is fine).
+
+        One uint8 add and a max: adding 1 wraps unknown (255) to 0 and class k to k + 1, so the labels are valid
+        exactly when the maximum is at most the number of classes; only a bad buffer pays for the histogram that
+        names the ids."""
+        if not label.numel() or int(torch.add(label, 1).max()) <= self.num_classes:
+            return
         counts = torch.bincount(label.reshape(-1), minlength=256)
         bad = counts[self.num_classes:UNKNOWN].nonzero().reshape(-1)
         if bad.numel():
@@ -94,13 +134,19 @@ class TensorEncoder:
             raise ValueError(f"color must be uint8 sRGB or float16 linear, got {color.dtype}")
         if with_labels and label is None:
             raise ValueError("with_labels needs the label pass")
-        drawn = torch.isfinite(depth) if mask is None else mask
-        drawn = drawn.view(torch.uint8) if drawn.dtype == torch.bool else drawn  # 0/1 bytes
-        masked = _padded(drawn, hp, wp, torch.uint8).bitwise_xor_(1)  # 1 where no point was drawn
         first = 0 if photo is None else 3
         shape = (n, first + self.channels(with_labels), hp, wp)
-        if out is None or tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
+        if out is None or tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device \
+                or not out.is_contiguous():
             out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        if photo is None and color.dtype == torch.uint8 and depth.dtype == torch.float16 and wp == w \
+                and w % 2 == 0 and _LITTLE_ENDIAN and (label is None or label.is_contiguous()):
+            for i in range(n):
+                self._encode_wire_frame(color[i], depth[i], None if label is None else label[i],
+                                        None if mask is None else mask[i], with_labels, out[i])
+            return out
+        drawn = torch.isfinite(depth) if mask is None else mask != 0
+        masked = _padded(drawn.view(torch.uint8), hp, wp, torch.uint8).bitwise_xor_(1)  # 1 where no point was drawn
         idx = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
         keep = torch.empty((hp, wp), dtype=torch.int64, device=self.device)
         table = self.color8 if color.dtype == torch.uint8 else self.color16
@@ -131,6 +177,57 @@ class TensorEncoder:
             if self.encoding.mask_channel:
                 plane[c].copy_(masked[i]).mul_(-2.0).add_(1.0)  # exactly +1 drawn, -1 empty
         return out
+
+    def _encode_wire_frame(self, color: torch.Tensor, depth: torch.Tensor, label: torch.Tensor | None,
+                           mask: torch.Tensor | None, with_labels: bool, out: torch.Tensor) -> None:
+        """One frame of wire arrays (uint8 sRGB color, float16 depth; an even width that needs no padding) ->
+        ``out`` (C x Hp x W), in row bands; the padding rows are copies of the last encoded row.
+
+        Per band: the drawn plane (from the mask frame, or the depth codes' exponent bits: finite = drawn), then
+        int32 indices and gathers, two neighbouring pixels at a time for the 8-bit planes (the pairs of drawn
+        bits index the mask channel's pair table, and times 255 they are the byte masks that zero undrawn color
+        codes: code 0 encodes as empty), one pixel at a time for the float16 depth codes.
+        """
+        h, w = depth.shape
+        dev = self.device
+        pairs16 = out.view(torch.float64)  # C x Hp x W/2: two neighbouring pixels of a plane
+        d = 4
+        c = d + (len(self.labels) if with_labels else 0)
+        dbits = depth.view(torch.int16)
+
+        def band(r0: int, r1: int) -> None:
+            drawn = torch.empty((r1 - r0, w), dtype=torch.uint8, device=dev)
+            if mask is None:  # finite depth: the exponent bits are not all ones
+                torch.ne(torch.bitwise_and(dbits[r0:r1], 0x7C00), 0x7C00, out=drawn.view(torch.bool))
+            else:
+                m = mask[r0:r1]
+                torch.ne(m.view(torch.uint8) if m.dtype == torch.bool else m, 0, out=drawn.view(torch.bool))
+            keep = torch.empty((r1 - r0, w // 2), dtype=torch.int32, device=dev)
+            keep.copy_(drawn.view(torch.uint16))  # 0x0000, 0x0001, 0x0100 or 0x0101
+            if self.encoding.mask_channel:
+                self._gather(self.mask_pairs, keep, pairs16[c, r0:r1])
+            keep.mul_(255)  # byte masks: 0xFF where drawn
+            idx = torch.empty_like(keep)
+            didx = torch.empty((r1 - r0, w), dtype=torch.int32, device=dev)
+            for k in range(3):
+                idx.copy_(color[r0:r1, 1::2, k]).mul_(256).add_(color[r0:r1, 0::2, k]).bitwise_and_(keep)
+                self._gather(self.color8_pairs, idx, pairs16[k, r0:r1])
+            didx.copy_(dbits[r0:r1].view(torch.uint16))
+            if mask is not None:  # with a mask frame, a finite depth may still be undrawn: code 0 is empty
+                didx.mul_(drawn)
+            self._gather(self.depth16, didx, out[3, r0:r1])
+            if with_labels and self.label_pairs is not None:
+                idx.copy_(label[r0:r1].view(torch.uint16))
+                for k, table in enumerate(self.label_pairs):
+                    self._gather(table, idx, pairs16[d + k, r0:r1])
+            elif with_labels:
+                didx.copy_(label[r0:r1])
+                for k, table in enumerate(self.labels):
+                    self._gather(table, didx, out[d + k, r0:r1])
+
+        run_bands(h, band, dev)
+        if out.shape[-2] > h:  # replicate padding: the encoding is per pixel, so the last row's encoding repeats
+            out[:, h:] = out[:, h - 1:h]
 
     def encode_photos(self, photo: torch.Tensor) -> torch.Tensor:
         """uint8 sRGB N x H x W x 3 on the device -> float32 N x 3 x H x W in [-1, 1] (``encode_photos``'s numbers)."""
@@ -172,16 +269,112 @@ class TensorEncoder:
         """
         a = y if (in_place and y.dtype == torch.float32) else y.float().clone() if y.dtype == torch.float32 \
             else y.float()
-        a.clamp_(-1.0, 1.0).nan_to_num_(nan=-1.0).add_(1.0).mul_(127.5).round_()  # clamp keeps NaN: -1 here
         n, _, h, w = a.shape
         out = torch.empty((n, h, w, 3), dtype=torch.uint8, device=a.device)
-        out.permute(0, 3, 1, 2).copy_(a)  # whole numbers in [0, 255]: the cast is exact
+        if a.device.type != "cpu" or a.stride(-1) != 1 or not _LITTLE_ENDIAN:
+            a.clamp_(-1.0, 1.0).nan_to_num_(nan=-1.0).add_(1.0).mul_(127.5).round_()  # clamp keeps NaN: -1 here
+            out.permute(0, 3, 1, 2).copy_(a)  # whole numbers in [0, 255]: the cast is exact
+            return out
+        for i in range(n):
+            _quantise_frame(a[i], out[i])
         return out
 
     @staticmethod
     def to_float16(y: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W in [-1, 1] -> float16 sRGB in [0, 1], N x H x W x 3: the network's own values, unquantised."""
         return ((y.float() + 1) / 2).clamp_(0, 1).to(torch.float16).permute(0, 2, 3, 1).contiguous()
+
+
+def _quantise_frame(a: torch.Tensor, out: torch.Tensor) -> None:
+    """float32 3 x H x W (rows contiguous; overwritten) -> uint8 H x W x 3, exactly ``decode_rgb``, in row bands.
+
+    Per value: NaN -> -1, then fl(fl(x + 1) clamped to [0, 2]) * 127.5, which equals the reference's
+    fl(clip(x, -1, 1) + 1) * 127.5 because float rounding is monotonic and fl(-1 + 1) = 0, fl(1 + 1) = 2; adding
+    2**23 then rounds it to an integer k with ties to even (``np.rint``), and k is the float's low byte.
+    """
+    h = a.shape[1]
+
+    def band(r0: int, r1: int) -> None:
+        v = a[:, r0:r1]
+        v.nan_to_num_(nan=-1.0).add_(1.0).clamp_(0.0, 2.0).mul_(127.5).add_(MAGIC_ROUND)
+        low = v.view(torch.uint8)[..., ::4]  # 3 x rows x W: the low byte of every float
+        torch.stack((low[0], low[1], low[2]), dim=-1, out=out[r0:r1])
+
+    run_bands(h, band, a.device, pooled=False, bands_per_thread=QUANTISE_BANDS_PER_THREAD)
+
+
+def _replicate_border(plane: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Fill (..., Hp, Wp) beyond the top-left h x w by replicating its last row and column, in place."""
+    hp, wp = plane.shape[-2:]
+    if wp > w:
+        plane[..., :h, w:] = plane[..., :h, w - 1:w]
+    if hp > h:
+        plane[..., h:, :] = plane[..., h - 1:h, :]
+    return plane
+
+
+# ---- row bands on a small thread pool ---------------------------------------------------------------------------
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def band_threads(device: torch.device | str = "cpu") -> int:
+    """Threads that build row bands: torch's thread count on the CPU (at most the cores, at most 4); 1 elsewhere,
+    where the device runs the work and the host only launches it."""
+    if torch.device(device).type != "cpu":
+        return 1
+    forced = os.environ.get("RERENDER_BAND_THREADS")
+    if forced:
+        return max(1, int(forced))
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, 4))
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:  # grow only when asked for more
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rerender-bands")
+        return _POOL
+
+
+def run_bands(rows: int, work: Callable[[int, int], None], device: torch.device | str = "cpu", *,
+              pooled: bool = True, bands_per_thread: int = BANDS_PER_THREAD) -> None:
+    """``work(r0, r1)`` over row bands covering ``range(rows)``; an exception in any band is raised here.
+
+    ``pooled``: spread over :func:`band_threads` threads (the caller's is one of them), bands interleaved so that
+    each thread gets an even share, torch's own threads set to 1 meanwhile (no thread teams inside the pool) --
+    for gathers, which torch runs on one core. Otherwise the bands run in the caller's thread and each torch call
+    uses torch's threads -- for elementwise passes, which torch spreads well itself; the bands then only keep
+    the data in cache between passes."""
+    threads = band_threads(device)
+    step = max(8, -(-rows // (threads * bands_per_thread)))
+    bands = [(r, min(r + step, rows)) for r in range(0, rows, step)]
+    threads = min(threads, len(bands)) if pooled else 1
+
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def run(share: list[tuple[int, int]]) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local: the caller's modes
+            for r0, r1 in share:
+                work(r0, r1)
+
+    if threads <= 1:
+        run(bands)
+        return
+    intra = torch.get_num_threads()
+    torch.set_num_threads(1)  # each band thread works alone: no torch thread teams inside the pool's threads
+    try:
+        futures = [_pool(threads - 1).submit(run, bands[k::threads]) for k in range(1, threads)]
+        try:
+            run(bands[0::threads])
+        finally:
+            for f in futures:
+                f.result()
+    finally:
+        torch.set_num_threads(intra)
 
 
 def _padded(src: torch.Tensor, hp: int, wp: int, dtype: torch.dtype) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from rerender.backend.bundle import init_bundle
 from rerender.backend.encoding import InputEncoding
 from rerender.backend.runtime import ModelRuntime
+from rerender.backend.tensor_encoding import TensorEncoder, encoder_for
 from rerender.bridge import protocol as P
 from rerender.bridge.buffers import DeepBuffer
 from rerender.bridge.classes import UNKNOWN
@@ -164,3 +165,52 @@ def test_float16_output_is_the_networks_own_not_the_8_bit_image(runtime: ModelRu
     err = np.abs(f16.astype(np.float32) - net)
     assert err.max() <= np.spacing(np.float16(1.0)) / 2 + 1e-7  # within float16 rounding of the network's value
     assert np.array_equal(reference_decode_rgb(y.numpy()), u8)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("enc", ENCODINGS, ids=["inverse", "linear", "onehot"])
+def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding, threads: str, monkeypatch):
+    """The wire path's pair gathers in row bands (one or two threads; row padding copied from the last row; a
+    mask frame with bytes other than 0/1, which mean drawn) against the numpy definition."""
+    monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
+    buffer = hard_buffer(101, 64, 9, enc.num_classes)
+    for send_mask in (True, None):
+        wire = P.buffer_to_wire(buffer, send_mask=send_mask)
+        if send_mask:
+            wire["mask"] = wire["mask"] * np.uint8(7)  # any non-zero byte is a drawn pixel
+        ref = reference_encode(enc, [P.buffer_from_wire(wire)])
+        got = enc.encode_wire({k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in wire.items()},
+                              multiple=16)
+        padded = torch.nn.functional.pad(torch.from_numpy(ref), (0, 0, 0, 11), mode="replicate")
+        assert got.shape == padded.shape and np.array_equal(bits(got), bits(padded))
+    odd = hard_buffer(40, 37, 3, enc.num_classes)  # odd width: the one-pixel-at-a-time path
+    wire = P.buffer_to_wire(odd)
+    got = enc.encode_wire({k: torch.from_numpy(v)[None] for k, v in wire.items()})
+    assert np.array_equal(bits(got), bits(reference_encode(enc, [P.buffer_from_wire(wire)])))
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_output_quantisation_in_bands_is_exact_for_every_rounding_case(threads: str, monkeypatch):
+    """to_uint8 (the float's low byte after adding 2**23) against np.rint's reference on a padded, cropped
+    output: ties, values just around them, outside [-1, 1], infinities and NaNs of any payload."""
+    monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
+    rng = np.random.default_rng(4)
+    y = rng.normal(0, 0.9, (2, 3, 70, 48)).astype(np.float32)
+    ties = (np.arange(256, dtype=np.float32) - 0.5) / np.float32(127.5) - np.float32(1.0)
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(2)), np.nextafter(ties, np.float32(-2))])
+    y.reshape(-1)[: near.size] = near
+    y[1, 2, 5, :6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0]
+    y[1, 1, 7, :3] = np.array([0x7F800001, 0xFFC0ABCD, 0x7FFFFFFF], np.uint32).view(np.float32)
+    want = reference_decode_rgb(y[:, :, :64, :40])
+    got = TensorEncoder.to_uint8(torch.from_numpy(y.copy())[:, :, :64, :40], in_place=True)
+    assert np.array_equal(got.numpy(), want)
+    assert np.array_equal(TensorEncoder.to_uint8(torch.from_numpy(y)).numpy(), reference_decode_rgb(y))
+
+
+def test_label_check_is_exact_at_the_edges():
+    enc = encoder_for(InputEncoding(label_mode="onehot", palette=[(i, i, 2 * i) for i in range(7)]), "cpu")
+    enc.check_labels(torch.tensor([[0, 6, 255]], dtype=torch.uint8))
+    enc.check_labels(torch.zeros((0, 4), dtype=torch.uint8))
+    for bad in (7, 254):
+        with pytest.raises(ValueError, match=rf"label ids \[{bad}\]"):
+            enc.check_labels(torch.tensor([[0, bad, 255]], dtype=torch.uint8))
