@@ -38,7 +38,7 @@ latent_fitting = importlib.import_module(f"{bridge.__name__}.latent_fitting")
 
 DEFAULT_STEPS = latent_fitting.DEFAULT_STEPS  # 200
 DEFAULT_CHUNK = latent_fitting.DEFAULT_CHUNK  # 25 steps per request at most
-LINK_SECONDS = 1.5  # requests are sized to about this: the progress moves every second or so, and the backend's
+LINK_SECONDS = 2.0  # requests are sized to about this: the progress moves every two seconds or so, the backend's
 #                     device is free for viewport frames between requests
 MODAL_TICK_S = 0.1
 

@@ -82,15 +82,20 @@ def fit_latent(runtime, photo: np.ndarray, buffer: DeepBuffer, *, steps: int = D
 def photo_losses(runtime, photo: np.ndarray, buffer: DeepBuffer, latents: np.ndarray) -> np.ndarray:
     """The photo loss of each of N candidate latents (N x latent_size) for (photo, buffer): float32 N.
 
-    The same L1 as :func:`fit_latent` (its ``losses[0]`` for that start), in one batched forward pass; a request
-    with several candidate starts is fitted from the lowest.
+    The same L1 as :func:`fit_latent` (its ``losses[0]`` for that start), in batched forward passes of the
+    runtime's batch size (64 candidates of a large frame at once would not fit in memory); a request with several
+    candidate starts is fitted from the lowest.
     """
     latents = np.asarray(latents, np.float32).reshape(-1, runtime.latent_size)
+    step = max(1, int(getattr(runtime, "batch_size", 1)))  # as many frames at once as the runtime renders
+    out = []
     with torch.inference_mode(False), torch.no_grad():
         x, h, w, target = _inputs(runtime, photo, buffer)
-        z = torch.from_numpy(np.ascontiguousarray(latents)).to(runtime.device)
-        out = runtime.bundle.rerenderer(x.repeat(len(z), 1, 1, 1), z)[:, :, :h, :w].float()
-        return (out - target).abs().mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float32)
+        for i in range(0, len(latents), step):
+            z = torch.from_numpy(np.ascontiguousarray(latents[i:i + step])).to(runtime.device)
+            image = runtime.bundle.rerenderer(x.repeat(len(z), 1, 1, 1), z)[:, :, :h, :w].float()
+            out.append((image - target).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 def _inputs(runtime, photo: np.ndarray, buffer: DeepBuffer) -> tuple[torch.Tensor, int, int, torch.Tensor]:
