@@ -1,0 +1,88 @@
+""""Match this photo" on every supported Blender: the operator, its progress, cancel and the stored look, with no
+torch in the test process (a Blender lane has none; the backend is served from the main environment).
+
+The loss itself is checked on a trained bundle in tests/test_match_photo_addon.py; here the served bundle is the
+small untrained one of support_addon, so this checks the Blender side: the operators register and run, the look is
+stored and keyed, cancel stops with a latent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+pytestmark = [pytest.mark.blender, pytest.mark.lane]
+
+W, H = 64, 48
+
+
+@pytest.fixture()
+def shot(addon, tmp_path):
+    """A wall of points, the scene camera, and a photo file (written by Blender) of the wall's size."""
+    from rerender.addon import points
+
+    scene = bpy.data.scenes.new("lane match shot")
+    scene.render.engine = "RERENDER"
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
+    rng = np.random.default_rng(0)
+    n = 4000
+    xyz = np.stack([rng.uniform(-3, 3, n), rng.uniform(4, 6, n), rng.uniform(-2, 2, n)], axis=1)
+    cloud = points.create_point_cloud("lane match cloud", xyz, rng.uniform(0.1, 0.9, (n, 3)).astype(np.float32),
+                                      np.full(n, 2), scene.collection)
+    cam = bpy.data.objects.new("lane match cam", bpy.data.cameras.new("lane match cam"))
+    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    scene.rerender.point_size_auto = False
+    scene.rerender.point_size = 2.0
+    image = bpy.data.images.new("lane match photo", W, H, alpha=False)
+    rgba = np.ones((H, W, 4), np.float32)
+    rgba[..., :3] = np.linspace(0.1, 0.9, W)[None, :, None] * np.array([1.0, 0.6, 0.3], np.float32)
+    image.pixels.foreach_set(rgba.ravel())
+    path = str(tmp_path / "sunset.png")
+    image.filepath_raw = path
+    image.file_format = "PNG"
+    image.save()
+    bpy.data.images.remove(image)
+    scene["photo"] = path
+    yield scene
+    bpy.data.scenes.remove(scene)
+    bpy.data.objects.remove(cloud)
+    bpy.data.objects.remove(cam)
+
+
+def test_match_photo_stores_a_keyable_look_and_cancel_keeps_one(shot):
+    from rerender.addon import appearance, photo_match, properties
+
+    path = shot["photo"]
+    with bpy.context.temp_override(scene=shot):
+        assert bpy.ops.rerender.match_photo(filepath=path, steps=30, chunk=10, max_side=W) == {"FINISHED"}
+    assert photo_match.jobs.wait(120)
+    (level, message), = photo_match.jobs.deliver()
+    assert level == "INFO" and "look 'sunset' matched to sunset.png through 'lane match cam'" in message, message
+    before, after = (float(v) for v in message.split("loss ")[1].split(" in ")[0].split(" → "))
+    assert after <= before and "in 30 steps" in message
+    look = shot.rerender.looks["sunset"]
+    assert look.source == "PHOTO" and look.photo_path == path and len(look.latent) == 8
+    with bpy.context.temp_override(scene=shot):
+        assert bpy.ops.rerender.apply_look(name="sunset", frame=3) == {"FINISHED"}
+    shot.frame_set(3)
+    np.testing.assert_array_equal(properties.read_latent(shot), appearance.look_latent(look))
+
+    state = appearance.match_photo_async(shot, path, "stopped", steps=2000, chunk=10, max_side=W,
+                                         link_seconds=None)
+    deadline = time.monotonic() + 60
+    while state.progress is None:
+        assert time.monotonic() < deadline, "no progress from the match"
+        time.sleep(0.02)
+    with bpy.context.temp_override(scene=shot):
+        assert bpy.ops.rerender.cancel_match() == {"FINISHED"}
+    assert photo_match.jobs.wait(30)
+    (level, message), = photo_match.jobs.deliver()
+    assert level == "INFO" and "cancelled at" in message, message
+    assert state.progress.steps_done < 2000 and "stopped" in shot.rerender.looks
