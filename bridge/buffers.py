@@ -10,8 +10,12 @@ Arrays are H x W, row 0 = top:
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,3 +87,55 @@ def _check(a: np.ndarray, name: str, dtype: type, ndim: int, hw: tuple[int, int]
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise BufferError(f"DeepBuffer.{name} is empty ({a.shape})")
     return a
+
+
+# ---- row bands: a frame's numpy work on a small thread pool ------------------------------------------------------
+# Why: a 1080p frame is 2 M pixels, and the per-frame conversions around the wire (float16 <-> float32, sRGB tables,
+# the add-on's passes) are gathers and casts that numpy runs on one core with the GIL released. Cut into bands of
+# rows, they run on every core, and each band's temporaries stay in cache (np.take on a whole frame is 3x slower
+# than on its bands, one thread alike).
+
+BAND_ROWS = 64  # rows of a band: at 1920 px its index and value arrays stay in a core's L2 cache
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def band_threads() -> int:
+    """Threads for row bands: the cores (at most 4), or ``RERENDER_BAND_THREADS`` when set."""
+    forced = os.environ.get("RERENDER_BAND_THREADS", "")
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def row_bands(rows: int, work: Callable[[int, int], None], *, band_rows: int = BAND_ROWS) -> None:
+    """``work(r0, r1)`` for bands of ``band_rows`` rows covering ``range(rows)``, spread over :func:`band_threads`
+    threads (the caller's thread is one of them; bands interleaved for an even share). Exceptions are raised here.
+    ``work`` must only write its own rows."""
+    bands = [(r, min(r + band_rows, rows)) for r in range(0, rows, band_rows)]
+    threads = min(band_threads(), len(bands))
+
+    def run(share: list[tuple[int, int]]) -> None:
+        for r0, r1 in share:
+            work(r0, r1)
+
+    if threads <= 1:
+        run(bands)
+        return
+    futures = [_pool(threads - 1).submit(run, bands[k::threads]) for k in range(1, threads)]
+    try:
+        run(bands[0::threads])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:  # grow only when asked for more
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rerender-rows")
+        return _POOL
+

@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 
 from . import compression
-from .buffers import DeepBuffer
+from .buffers import DeepBuffer, row_bands
 from .colors import linear_to_srgb8, srgb8_to_linear
 from .errors import (
     CODE_BAD_ARRAY, CODE_BAD_PARAMS, CODE_MALFORMED, CODE_TOO_LARGE, CODE_VERSION_MISMATCH, ProtocolError,
@@ -342,9 +342,16 @@ BUFFER_ARRAYS = ("color", "depth", "label", "mask")
 
 
 def color_to_wire(color: np.ndarray) -> np.ndarray:
-    """float16 linear H x W x 3 -> uint8 sRGB (exactly ``colors.linear_to_srgb8``)."""
-    c = np.ascontiguousarray(color, dtype=np.float16)
-    return _LINEAR16_TO_SRGB8[c.view(np.uint16)]
+    """float16 linear H x W x 3 -> uint8 sRGB (exactly ``colors.linear_to_srgb8``), one table gather per row band
+    (``np.take`` with ``mode="wrap"``: every 16-bit code is in the table, and unlike the default mode it writes
+    ``out`` unbuffered)."""
+    c = np.ascontiguousarray(color, dtype=np.float16).view(np.uint16)
+    out = np.empty(c.shape, np.uint8)
+    if c.ndim < 2:
+        np.take(_LINEAR16_TO_SRGB8, c, out=out, mode="wrap")
+        return out
+    row_bands(c.shape[0], lambda r0, r1: np.take(_LINEAR16_TO_SRGB8, c[r0:r1], out=out[r0:r1], mode="wrap"))
+    return out
 
 
 def color_from_wire(srgb8: np.ndarray) -> np.ndarray:
@@ -360,12 +367,25 @@ def depth_to_wire(depth: np.ndarray, dtype: str = "float16") -> np.ndarray:
         return d
     if dtype != "float16":
         raise ValueError(f"depth travels as float16 or float32, not {dtype!r}")
+    d = np.ascontiguousarray(d)
+    wire = np.empty(d.shape, np.float16)
+    if d.ndim < 2:
+        _depth16_rows(d, wire)
+    else:
+        row_bands(d.shape[0], lambda r0, r1: _depth16_rows(d[r0:r1], wire[r0:r1]))
+    return wire
+
+
+def _depth16_rows(d: np.ndarray, wire: np.ndarray) -> None:
+    """Rows of float32 depth -> float16 with finite values clipped to +-65504 (numpy's cast, then the fix).
+
+    numpy's float32 -> float16 cast is not vectorised, but per band and on every core it is as fast as a
+    bit-twiddled conversion in numpy (measured: 5.6 vs 6.8 ms for a 1080p pass on 2 cores), so it stays."""
     with np.errstate(over="ignore"):  # finite values beyond +-65504 come out infinite: put back to +-65504 below
-        wire = d.astype(np.float16)
+        np.copyto(wire, d, casting="same_kind")
     overflow = ((wire.view(np.uint16) & 0x7FFF) == 0x7C00) & ~np.isinf(d)
     if overflow.any():
         wire[overflow] = np.copysign(FLOAT16_MAX, d[overflow])
-    return wire
 
 
 def buffer_to_wire(buffer: DeepBuffer, depth_dtype: str = "float16", *,

@@ -221,3 +221,30 @@ def test_request_sizes_are_checked_before_sending():
         protocol.check_request_size({"color": np.zeros((1, 16385, 3), np.uint8)})
     with pytest.raises(ProtocolError, match="arrays in one request"):
         protocol.check_request_size({f"a{i}": np.zeros(1, np.uint8) for i in range(17)})
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_wire_conversions_in_row_bands_equal_numpy_over_every_float16_code(threads: str, monkeypatch):
+    """color_to_wire and depth_to_wire work in row bands on a thread pool: every float16 color code goes through
+    the table exactly, and depth is numpy's float32 -> float16 cast (ties to even, subnormals, infinities, NaN
+    payloads) with finite values beyond 65504 clipped, on frames of many bands and a 1-d one."""
+    monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
+    codes = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(-1, 64, 1).repeat(3, axis=2)  # 1024 rows
+    want = linear_to_srgb8(np.nan_to_num(codes.astype(np.float32), nan=0.0))
+    assert np.array_equal(protocol.color_to_wire(codes), want)
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    rng = np.random.default_rng(0)
+    depth = np.concatenate([halves + k for k in range(-2, 3)] +  # every float16 and its float32 neighbours
+                           [rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)]).view(np.float32)
+    f16 = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    ties = ((f16[:-1] + f16[1:]) / 2).astype(np.float32)  # exactly between two float16: ties to even
+    edges = np.array([65519.0, 65520.0, 1e30, -1e30, np.inf, -np.inf], np.float32)
+    depth = np.concatenate([depth, ties, -ties, edges])
+    depth = depth[: depth.size // 250 * 250]
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = depth.astype(np.float16)
+    fix = np.isinf(cast) & ~np.isinf(depth)
+    cast[fix] = np.copysign(np.float16(protocol.FLOAT16_MAX), depth[fix])
+    for shape in ((-1, 250), (-1,)):
+        got = protocol.depth_to_wire(depth.reshape(shape)).reshape(-1)
+        assert np.array_equal(got.view(np.uint16), cast.view(np.uint16))

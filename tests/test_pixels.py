@@ -35,10 +35,12 @@ def frame(h: int, w: int, seed: int = 0) -> tuple[DeepBuffer, np.ndarray]:
     return DeepBuffer(color, depth, label, mask), rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+@pytest.mark.parametrize("size", [(23, 37), (203, 64)], ids=["one band", "bands"])
 @pytest.mark.parametrize("transparent", [False, True])
 @pytest.mark.parametrize("kind", ["uint8", "float16", "float32"])
-def test_passes_equal_the_replaced_code_bit_for_bit(kind: str, transparent: bool):
-    buffer, image8 = frame(23, 37)
+def test_passes_equal_the_replaced_code_bit_for_bit(kind: str, transparent: bool, size, monkeypatch):
+    monkeypatch.setenv("RERENDER_BAND_THREADS", "2" if size[0] > 64 else "1")  # bands on two threads, or one
+    buffer, image8 = frame(*size)
     image = image8 if kind == "uint8" else (image8 / 255.0 + 0.001).astype(kind)
     writer = pixels.PassWriter()
     for _ in range(2):  # the second frame reuses the first one's arrays
