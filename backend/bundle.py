@@ -71,6 +71,9 @@ class BundleConfig:
     # how the latent enters R: "concat" (the paper's bottleneck concatenation) or "film" (that plus FiLM of every
     # decoder stage). The default is "concat" because a config.json written before this field existed means it.
     appearance_conditioning: str = "concat"
+    # R standardises the latent by the training collection's per-dimension mean and spread before it enters the
+    # network (UNet.latent_mean / latent_scale, set by training); False in config.json files written before it
+    latent_standardised: bool = False
     classes: ClassTable = field(default_factory=lambda: DEFAULT_CLASSES)
     encoding: InputEncoding | None = None  # None -> derived from `classes` with default depth range
     training_resolution: tuple[int, int] = (512, 512)  # (H, W) of the training views (crops are smaller)

@@ -95,6 +95,9 @@ class TrainConfig:
     # how the latent enters the rerenderer: "film" (FiLM on every decoder stage + bottleneck concat) or "concat"
     # (the paper's bottleneck concatenation only); docs/evaluation.md has the A/B
     appearance_conditioning: str = "film"
+    # staged method: standardise the latent inside R by the training photos' latents after stage 1
+    # (BundleConfig.latent_standardised; docs/training.md)
+    standardise_latent: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -51,7 +51,7 @@ _E, _R, _D, _S = "E", "R", "D", "S"
 APPEARANCE = Phase("appearance", "steps_stage1", frozenset({_E}), "step_appearance", stage="1",
                    setup="_prepare_style_distances", validates=False, about="appearance pretraining (Ea)")
 RERENDER = Phase("rerender", "steps_stage2", frozenset({_R, _D}), "step_rerender", stage="2", needs=("appearance",),
-                 about="the rerenderer with the encoder frozen")
+                 setup="_standardise_latents", about="the rerenderer with the encoder frozen")
 FINETUNE = Phase("finetune", "steps_stage3", frozenset({_R, _D, _E}), "step_finetune", stage="3",
                  needs=("appearance",), about="both finetuned")
 BASELINE_RERENDER = Phase("rerender", "steps_baseline", frozenset({_R, _D}), "step_rerender")

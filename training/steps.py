@@ -158,6 +158,24 @@ class PhaseSteps:
         z[indices] = latents.detach().float().cpu()
         seen[indices] = True
 
+    @torch.no_grad()
+    def _standardise_latents(self) -> None:
+        """Before stage 2's first step: R standardises latents by those of every training photo (once per run)."""
+        if not getattr(self.R, "latent_standardised", False) or self.E is None:
+            return
+        if getattr(self, "_latents_standardised", False) or self.phase_step > 0:
+            return  # set already (the statistics are R's buffers: checkpointed, and copied into the EMA copy)
+        self.E.eval()
+        latents = []
+        for i in range(0, len(self.train_set), 16):
+            photo, x, _ = self._inputs(collate([self.train_set[j] for j in range(i, min(len(self.train_set), i + 16))]))
+            with self._autocast():
+                latents.append(self.E.latent(torch.cat([photo, x], dim=1)).float())
+        z = torch.cat(latents)
+        for net in (self.R, self.ema_R.module):
+            net.set_latent_statistics(z)
+        self._latents_standardised = True
+
     def step_appearance(self, batch: dict[str, Any]) -> dict[str, float]:
         """Stage 1: Ea alone, triplet loss on latents; positives/negatives chosen by the cached style distance."""
         assert self.E is not None

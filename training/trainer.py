@@ -56,7 +56,10 @@ def bundle_config_for(method: str, config: TrainConfig, dataset: AlignedDataset,
                                          dataset.classes, **net.pop("encoding", {}))
     latent = config.latent_size if m.latent else 0
     conditioning = net.pop("appearance_conditioning", config.appearance_conditioning) if latent else "concat"
+    standardised = bool(latent and net.pop("latent_standardised", config.standardise_latent) and "appearance" in
+                        m.phase_names)
     return BundleConfig(name=name, latent_size=latent, appearance_conditioning=conditioning,
+                        latent_standardised=standardised,
                         use_semantics=m.semantics, classes=dataset.classes, encoding=encoding,
                         training_resolution=(config.load_size, config.load_size), **net)
 

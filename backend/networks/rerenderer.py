@@ -23,6 +23,7 @@ class Rerenderer(UNet):
             base_channels=config.base_channels, depth=config.depth, max_channels=config.max_channels,
             latent_size=int(config.latent_size or 0),
             film=conditioning_of(config) == "film" and bool(config.latent_size),
+            latent_standardised=bool(getattr(config, "latent_standardised", False)),
         )
         self.use_semantics = bool(config.use_semantics)
 

@@ -58,7 +58,8 @@ class UNet(nn.Module):
     """Encoder-decoder with skips, pixel norm and equalized lr; optional latent injected at the bottleneck."""
 
     def __init__(self, in_channels: int, out_channels: int, *, base_channels: int, depth: int,
-                 max_channels: int, latent_size: int = 0, film: bool = False) -> None:
+                 max_channels: int, latent_size: int = 0, film: bool = False,
+                 latent_standardised: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"U-Net needs at least one input and output channel, got {in_channels}, {out_channels}")
@@ -87,6 +88,14 @@ class UNet(nn.Module):
         # weights of bundles made before FiLM existed load unchanged
         self.film = nn.ModuleList(FiLM(latent_size, ch[i]) for i in reversed(range(depth))) if film else None
         self.to_output = EqualizedConv2d(ch[0], out_channels, 1, gain=1.0)
+        # (z - latent_mean) / latent_scale is what the bottleneck and FiLM see. Why: an encoder trained by a triplet
+        # loss puts its latents anywhere (measured: per-dimension means up to 2.3 around spreads of 0.1-0.4), and a
+        # zero-initialised FiLM layer then sees nearly the same input for every photo, so the looks it can learn
+        # in a given number of steps are nearly the same too. Identity until training sets them.
+        self.latent_standardised = bool(latent_standardised and latent_size)
+        if self.latent_standardised:
+            self.register_buffer("latent_mean", torch.zeros(latent_size))
+            self.register_buffer("latent_scale", torch.ones(latent_size))
 
     @property
     def multiple(self) -> int:
@@ -111,7 +120,19 @@ class UNet(nn.Module):
             raise ValueError(f"{who} was built without an appearance latent (latent_size 0) but got one of shape "
                              f"{tuple(latent.shape)}")
 
+    @torch.no_grad()
+    def set_latent_statistics(self, latents: torch.Tensor) -> None:
+        """Standardise future latents by these (N x latent_size) latents' mean and standard deviation."""
+        if not self.latent_standardised:
+            raise ValueError("this network was built without latent standardisation (latent_standardised=False)")
+        latents = latents.detach().float().to(self.latent_mean.device)
+        self.latent_mean.copy_(latents.mean(0))
+        spread = latents.std(0) if latents.shape[0] > 1 else torch.ones_like(self.latent_scale)
+        self.latent_scale.copy_(spread.clamp_min(1e-3))
+
     def run(self, x: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
+        if self.latent_standardised and latent is not None:
+            latent = (latent - self.latent_mean.to(latent.dtype)) / self.latent_scale.to(latent.dtype)
         h = self.from_input(x)
         skips = [h]
         for stage in self.down:
