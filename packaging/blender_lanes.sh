@@ -18,7 +18,7 @@ declare -A BPY=([4.5]=4.5.15 [5.2]=5.2.3 [5.3]=5.3.0)
 # The Blender-side test files; within them only the tests marked `lane` run (the main suite runs all of them on 5.0.1
 # and every Blender-free test once).
 LANE_TESTS=(tests/test_blender_versions.py tests/test_deep_buffer.py tests/test_engine.py tests/test_appearance.py
-            tests/test_semantics.py tests/test_batch_render.py tests/test_packaging.py)
+            tests/test_semantics.py tests/test_batch_render.py tests/test_packaging.py tests/test_match_photo_lanes.py)
 declare -A PY=([4.5]=3.11 [5.2]=3.13 [5.3]=3.13)
 ALL_LANES=(4.5 5.2 5.3)
 
