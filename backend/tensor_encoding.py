@@ -15,23 +15,19 @@ Replicate padding to the U-Net's multiple is applied to the integer index planes
 same as padding the encoded planes (the encoding is per pixel) and costs nothing extra.
 
 Why pairs and bands (the server's wire path on the CPU, :meth:`TensorEncoder.encode`): a gather costs per element,
-not per byte, and torch's ``index_select`` runs on one core. Two neighbouring pixels of an 8-bit plane, read as one
+not per byte (torch's ``index_select`` runs on one core). Two neighbouring pixels of an 8-bit plane, read as one
 little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed as float64): one gather writes two
-pixels, so an 8-bit channel costs half the gathers. The frame is cut into row bands, each built (indices in a small
-scratch that stays in cache, then the gathers) by one thread of a small pool: torch releases the GIL, so the two
-cores of a small machine both gather. Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in the same bands:
-five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest
+pixels, so an 8-bit channel costs half the gathers. The frame is cut into row bands, each built in turn (indices in
+a small scratch that stays in cache, then the gathers). Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in
+bands too: five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest
 integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -47,8 +43,7 @@ if TYPE_CHECKING:
 _ALL_FLOAT16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 _CODES16 = np.arange(65536)
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the pair tables read two bytes as one little-endian code
-QUANTISE_BANDS_PER_THREAD = 2  # output quantisation: 4 bands on 2 cores (a 1080p band of 6 MB; measured best)
-BANDS_PER_THREAD = 2  # few large bands: each torch call holds the GIL for its dispatch, so small bands serialise
+BANDS = 4  # row bands of a frame (measured best at 1080p on 2 cores: 4 bands of 270 rows)
 MAGIC_ROUND = 8388608.0  # 2**23: x + 2**23 (0 <= x < 2**22) rounds x to an integer, ties to even, in float32
 
 
@@ -225,7 +220,7 @@ class TensorEncoder:
                 for k, table in enumerate(self.labels):
                     self._gather(table, didx, out[d + k, r0:r1])
 
-        run_bands(h, band, dev)
+        run_bands(h, band)
         if out.shape[-2] > h:  # replicate padding: the encoding is per pixel, so the last row's encoding repeats
             out[:, h:] = out[:, h - 1:h]
 
@@ -300,7 +295,7 @@ def _quantise_frame(a: torch.Tensor, out: torch.Tensor) -> None:
         low = v.view(torch.uint8)[..., ::4]  # 3 x rows x W: the low byte of every float
         torch.stack((low[0], low[1], low[2]), dim=-1, out=out[r0:r1])
 
-    run_bands(h, band, a.device, pooled=False, bands_per_thread=QUANTISE_BANDS_PER_THREAD)
+    run_bands(h, band)
 
 
 def _replicate_border(plane: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -313,68 +308,19 @@ def _replicate_border(plane: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return plane
 
 
-# ---- row bands on a small thread pool ---------------------------------------------------------------------------
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+# ---- row bands -----------------------------------------------------------------------------------------------
 
 
-def band_threads(device: torch.device | str = "cpu") -> int:
-    """Threads that build row bands: torch's thread count on the CPU (at most the cores, at most 4); 1 elsewhere,
-    where the device runs the work and the host only launches it."""
-    if torch.device(device).type != "cpu":
-        return 1
-    forced = os.environ.get("RERENDER_BAND_THREADS")
-    if forced:
-        return max(1, int(forced))
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, 4))
+def run_bands(rows: int, work: Callable[[int, int], None], *, bands: int = BANDS) -> None:
+    """``work(r0, r1)`` over ``bands`` row bands covering ``range(rows)``, in the caller's thread.
 
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:  # grow only when asked for more
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rerender-bands")
-        return _POOL
-
-
-def run_bands(rows: int, work: Callable[[int, int], None], device: torch.device | str = "cpu", *,
-              pooled: bool = True, bands_per_thread: int = BANDS_PER_THREAD) -> None:
-    """``work(r0, r1)`` over row bands covering ``range(rows)``; an exception in any band is raised here.
-
-    ``pooled``: spread over :func:`band_threads` threads (the caller's is one of them), bands interleaved so that
-    each thread gets an even share, torch's own threads set to 1 meanwhile (no thread teams inside the pool) --
-    for gathers, which torch runs on one core. Otherwise the bands run in the caller's thread and each torch call
-    uses torch's threads -- for elementwise passes, which torch spreads well itself; the bands then only keep
-    the data in cache between passes."""
-    threads = band_threads(device)
-    step = max(8, -(-rows // (threads * bands_per_thread)))
-    bands = [(r, min(r + step, rows)) for r in range(0, rows, step)]
-    threads = min(threads, len(bands)) if pooled else 1
-
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def run(share: list[tuple[int, int]]) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local: the caller's modes
-            for r0, r1 in share:
-                work(r0, r1)
-
-    if threads <= 1:
-        run(bands)
-        return
-    intra = torch.get_num_threads()
-    torch.set_num_threads(1)  # each band thread works alone: no torch thread teams inside the pool's threads
-    try:
-        futures = [_pool(threads - 1).submit(run, bands[k::threads]) for k in range(1, threads)]
-        try:
-            run(bands[0::threads])
-        finally:
-            for f in futures:
-                f.result()
-    finally:
-        torch.set_num_threads(intra)
+    Why bands and not a thread pool: each torch call inside a band still uses torch's own threads, and the bands
+    keep a band's scratch indices and output rows in cache between the calls. Spreading the bands over a pool of
+    Python threads was measured slower on the 2-core reference machine (16.1 vs 13.5 ms per 1080p encode): torch's
+    gathers, the largest part, did not run faster side by side there."""
+    step = max(8, -(-rows // bands))
+    for r0 in range(0, rows, step):
+        work(r0, min(r0 + step, rows))
 
 
 def _padded(src: torch.Tensor, hp: int, wp: int, dtype: torch.dtype) -> torch.Tensor:

@@ -167,12 +167,10 @@ def test_float16_output_is_the_networks_own_not_the_8_bit_image(runtime: ModelRu
     assert np.array_equal(reference_decode_rgb(y.numpy()), u8)
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("enc", ENCODINGS, ids=["inverse", "linear", "onehot"])
-def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding, threads: str, monkeypatch):
-    """The wire path's pair gathers in row bands (one or two threads; row padding copied from the last row; a
-    mask frame with bytes other than 0/1, which mean drawn) against the numpy definition."""
-    monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
+def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding):
+    """The wire path's pair gathers in row bands (row padding copied from the last row; a mask frame with bytes
+    other than 0/1, which mean drawn) against the numpy definition."""
     buffer = hard_buffer(101, 64, 9, enc.num_classes)
     for send_mask in (True, None):
         wire = P.buffer_to_wire(buffer, send_mask=send_mask)
@@ -189,11 +187,9 @@ def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding, threads: st
     assert np.array_equal(bits(got), bits(reference_encode(enc, [P.buffer_from_wire(wire)])))
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_output_quantisation_in_bands_is_exact_for_every_rounding_case(threads: str, monkeypatch):
+def test_output_quantisation_in_bands_is_exact_for_every_rounding_case():
     """to_uint8 (the float's low byte after adding 2**23) against np.rint's reference on a padded, cropped
-    output: ties, values just around them, outside [-1, 1], infinities and NaNs of any payload."""
-    monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
+    output in several row bands: ties, values just around them, outside [-1, 1], infinities, NaNs of any payload."""
     rng = np.random.default_rng(4)
     y = rng.normal(0, 0.9, (2, 3, 70, 48)).astype(np.float32)
     ties = (np.arange(256, dtype=np.float32) - 0.5) / np.float32(127.5) - np.float32(1.0)
