@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 _ALL_FLOAT16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 _CODES16 = np.arange(65536)
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the pair tables read two bytes as one little-endian code
-BANDS = 4  # row bands of a frame (measured best at 1080p on 2 cores: 4 bands of 270 rows)
+BAND_PIXELS = 2**19  # pixels of a row band: 4 bands of 273 rows at 1080p (measured best on 2 cores), 1 at 512²
 MAGIC_ROUND = 8388608.0  # 2**23: x + 2**23 (0 <= x < 2**22) rounds x to an integer, ties to even, in float32
 
 
@@ -221,7 +221,7 @@ class TensorEncoder:
                 for k, table in enumerate(self.labels):
                     self._gather(table, didx, out[d + k, r0:r1])
 
-        run_bands(h, band)
+        run_bands(h, w, band)
         if out.shape[-2] > h:  # replicate padding: the encoding is per pixel, so the last row's encoding repeats
             out[:, h:] = out[:, h - 1:h]
 
@@ -296,30 +296,21 @@ def _quantise_frame(a: torch.Tensor, out: torch.Tensor) -> None:
         low = v.view(torch.uint8)[..., ::4]  # 3 x rows x W: the low byte of every float
         torch.stack((low[0], low[1], low[2]), dim=-1, out=out[r0:r1])
 
-    run_bands(h, band)
-
-
-def _replicate_border(plane: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Fill (..., Hp, Wp) beyond the top-left h x w by replicating its last row and column, in place."""
-    hp, wp = plane.shape[-2:]
-    if wp > w:
-        plane[..., :h, w:] = plane[..., :h, w - 1:w]
-    if hp > h:
-        plane[..., h:, :] = plane[..., h - 1:h, :]
-    return plane
+    run_bands(h, a.shape[-1], band)
 
 
 # ---- row bands -----------------------------------------------------------------------------------------------
 
 
-def run_bands(rows: int, work: Callable[[int, int], None], *, bands: int = BANDS) -> None:
-    """``work(r0, r1)`` over ``bands`` row bands covering ``range(rows)``, in the caller's thread.
+def run_bands(rows: int, width: int, work: Callable[[int, int], None]) -> None:
+    """``work(r0, r1)`` over row bands of about ``BAND_PIXELS`` pixels covering ``range(rows)``, in the caller's
+    thread (a 512² frame is one band: every torch call costs a few microseconds of dispatch).
 
     Why bands and not a thread pool: each torch call inside a band still uses torch's own threads, and the bands
     keep a band's scratch indices and output rows in cache between the calls. Spreading the bands over a pool of
     Python threads was measured slower on the 2-core reference machine (16.1 vs 13.5 ms per 1080p encode): torch's
     gathers, the largest part, did not run faster side by side there."""
-    step = max(8, -(-rows // bands))
+    step = max(8, BAND_PIXELS // max(1, width))
     for r0 in range(0, rows, step):
         work(r0, min(r0 + step, rows))
 

@@ -13,6 +13,7 @@ import torch
 from rerender.backend.bundle import init_bundle
 from rerender.backend.encoding import InputEncoding
 from rerender.backend.runtime import ModelRuntime
+from rerender.backend import tensor_encoding
 from rerender.backend.tensor_encoding import TensorEncoder, encoder_for
 from rerender.bridge import protocol as P
 from rerender.bridge.buffers import DeepBuffer
@@ -168,9 +169,10 @@ def test_float16_output_is_the_networks_own_not_the_8_bit_image(runtime: ModelRu
 
 
 @pytest.mark.parametrize("enc", ENCODINGS, ids=["inverse", "linear", "onehot"])
-def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding):
+def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding, monkeypatch):
     """The wire path's pair gathers in row bands (row padding copied from the last row; a mask frame with bytes
     other than 0/1, which mean drawn) against the numpy definition."""
+    monkeypatch.setattr(tensor_encoding, "BAND_PIXELS", 16 * 64)  # bands of 16 rows: 7 of them
     buffer = hard_buffer(101, 64, 9, enc.num_classes)
     for send_mask in (True, None):
         wire = P.buffer_to_wire(buffer, send_mask=send_mask)
@@ -187,9 +189,10 @@ def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding):
     assert np.array_equal(bits(got), bits(reference_encode(enc, [P.buffer_from_wire(wire)])))
 
 
-def test_output_quantisation_in_bands_is_exact_for_every_rounding_case():
+def test_output_quantisation_in_bands_is_exact_for_every_rounding_case(monkeypatch):
     """to_uint8 (the float's low byte after adding 2**23) against np.rint's reference on a padded, cropped
     output in several row bands: ties, values just around them, outside [-1, 1], infinities, NaNs of any payload."""
+    monkeypatch.setattr(tensor_encoding, "BAND_PIXELS", 10 * 40)
     rng = np.random.default_rng(4)
     y = rng.normal(0, 0.9, (2, 3, 70, 48)).astype(np.float32)
     ties = (np.arange(256, dtype=np.float32) - 0.5) / np.float32(127.5) - np.float32(1.0)
