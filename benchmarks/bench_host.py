@@ -6,15 +6,17 @@ implementation, to measure against) and the code as it is now, interleaved in on
 (70 % covered):
   * server: wire arrays -> network input -> (network) -> reply pixels. "before" = buffer_from_wire + numpy
     encode_buffers + replicate pad + decode_rgb; "after" = ModelRuntime.rerender_wire's decode + encode + output
-    stages (the network's forward is excluded from both: a tiny network runs, its time is not counted);
+    stages (the network's forward is excluded from both: a tiny network runs, its time is not counted), with the
+    threads ``--threads`` gives torch;
   * blender: the backend's uint8 image and the deep buffer -> the five render passes Blender gets (image_to_linear
-    + pass_pixels before; addon.pixels now), and buffer_to_wire (as it was: mask frame, float32 clipping before
-    the cast; now: no redundant mask, one cast);
+    + pass_pixels before; addon.pixels now, in row bands on bridge.buffers' thread pool), and buffer_to_wire (as it
+    was: mask frame, float32 clipping before the cast; now: no redundant mask, row bands, one cast per band);
   * training: main-thread time per step at batch 8, 512² views, while a step of ``--step-ms`` (a stand-in for the
     GPU's work, during which loading can proceed) runs: before = the 2-thread pool loading on demand + numpy
     encoding twice + photo conversion; after = training.loader (2 worker processes, prefetch) + device_inputs.
 
 Run: .venv/bin/python benchmarks/bench_host.py [--quick] [--sizes 512 1080] [--threads 1] [--out PATH]
+(``RERENDER_BAND_THREADS=1`` runs the Blender side's row bands in one thread, for comparison.)
 """
 
 from __future__ import annotations
