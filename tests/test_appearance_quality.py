@@ -64,6 +64,37 @@ def test_film_network_at_init_renders_exactly_as_the_concat_network():
         assert torch.equal(film(x, z), concat(x, z))
 
 
+def test_a_standardised_latent_is_what_the_plain_network_sees_after_the_same_shift_and_scale():
+    torch.manual_seed(2)
+    plain = Rerenderer(BundleConfig(**SIZES, appearance_conditioning="film")).eval()
+    std = Rerenderer(BundleConfig(**SIZES, appearance_conditioning="film", latent_standardised=True)).eval()
+    missing, unexpected = std.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["latent_mean", "latent_scale"]
+    for film in std.film:  # a trained FiLM: the latent reaches every decoder stage
+        torch.nn.init.normal_(film.affine.weight)
+    plain.load_state_dict({k: v for k, v in std.state_dict().items() if not k.startswith("latent_")})
+    x = torch.randn(2, plain.in_channels, 32, 40)
+    z = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(std(x, z), plain(x, z))  # identity until training sets the statistics
+        collection = torch.randn(20, 4) * 0.2 + torch.tensor([2.0, -1.0, 0.5, 0.0])
+        std.set_latent_statistics(collection)
+        expected = plain(x, (z - collection.mean(0)) / collection.std(0))
+        assert torch.allclose(std(x, z), expected, atol=1e-5)
+        assert not torch.allclose(std(x, z), plain(x, z), atol=1e-3)
+    with pytest.raises(ValueError, match="without latent standardisation"):
+        plain.set_latent_statistics(collection)
+
+
+def test_staged_training_sets_the_latent_statistics_and_the_bundle_keeps_them(trained):
+    _, bundle_dir = trained
+    bundle = Bundle.load(bundle_dir)
+    r = bundle.rerenderer
+    assert bundle.config.latent_standardised and r.latent_standardised
+    assert not torch.equal(r.latent_scale, torch.ones_like(r.latent_scale))  # set from the training photos
+    assert float(r.latent_scale.min()) > 0
+
+
 def test_conditioning_is_validated():
     with pytest.raises(BundleError, match="appearance_conditioning"):
         BundleConfig(**SIZES, appearance_conditioning="adain")
