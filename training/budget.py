@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from .config import SHORT_BUDGET, ConfigError, TrainConfig
 from .phases import DEFAULT_METHOD
 from .phases import method as method_of
 from .phases import steps_field
@@ -61,7 +61,9 @@ class Tier:
             load_size=self.load_size, crop_size=self.crop_size, batch_size=self.batch_size, num_workers=0,
             cache_views=True, network=dict(self.network), vgg_width_divisor=self.vgg_width_divisor,
             style_size=min(256, self.load_size), d_scales=self.d_scales, d_channels=self.d_channels,
-            validate_every=10 ** 9, num_val_images=2, w_l1=1.0 if self.vgg_width_divisor > 1 else 0.0)
+            validate_every=10 ** 9, num_val_images=2)
+        if self.vgg_width_divisor > 1:  # the CPU tiers: minutes of training
+            values.update(SHORT_BUDGET)
         values.update(overrides)
         return TrainConfig(**values)
 

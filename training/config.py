@@ -27,6 +27,16 @@ class ConfigError(ValueError):
     """A training setting that cannot work (says which and what to use instead)."""
 
 
+#: Settings for short training (minutes on a CPU, a few hundred to a few thousand steps), where the paper's losses
+#: are measured to waste the budget (docs/evaluation.md has the A/B rows, each with the same CPU time):
+#: no GAN (a third of every step, and a gradient R cannot use yet), a direct L1 term (the perceptual loss of a
+#: shrunk or non-ImageNet feature network is weak), and stage 1 ranking photos by Gram plus colour-histogram
+#: distance with hard negatives and a relative margin (the triplets keep teaching; colour is most of a look).
+#: Used by the CPU demo presets, ``rerender train --time`` on shrunk feature networks and the quality benchmark.
+SHORT_BUDGET: dict[str, Any] = dict(w_gan=0.0, w_l1=1.0, style_colour_weight=1.0, triplet_mining="hard",
+                                    triplet_relative_margin=0.5)
+
+
 @dataclass
 class TrainConfig:
     # data

@@ -225,19 +225,20 @@ class Demo:
                 "splat_px": self.splat_px()}
 
     def train_config(self):
-        from rerender.training.config import TrainConfig
+        from rerender.training.config import SHORT_BUDGET, TrainConfig
 
         s1, s2, s3, sem = self.p.steps
         log_every = max(1, min(50, s2 // 10))
         big = self.p.photos >= 60  # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection
-        return TrainConfig(
+        losses = dict(SHORT_BUDGET) if self.p.short_budget else {}
+        return TrainConfig(**losses,
             load_size=self.p.load_size, crop_size=self.p.crop_size, batch_size=self.p.batch_size, num_workers=0,
             cache_views=True, steps_stage1=s1, steps_stage2=s2, steps_stage3=s3, steps_semantic=sem,
             steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
             log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4,
             style_size=min(256, self.p.load_size), network=dict(self.p.network),
-            vgg_width_divisor=self.p.vgg_width_divisor, w_l1=self.p.w_l1, features="auto",
-            segmenter_weights=self.o.segmenter_weights, triplet_relative_margin=self.p.triplet_relative_margin,
+            vgg_width_divisor=self.p.vgg_width_divisor, features="auto",
+            segmenter_weights=self.o.segmenter_weights,
             d_scales=2 if self.p.load_size <= 128 else 3,
             d_channels=16 if self.p.load_size <= 128 else 64, seed=self.o.seed)
 
@@ -255,7 +256,12 @@ class Demo:
                               resume=(run_dir / "checkpoint.pt").is_file(),
                               ctx=DistContext(device=torch.device(device)),
                               progress=self.o.progress)
-            trainer.run()
+            if self.p.train_seconds > 0:
+                from rerender.training.budget import run_within
+
+                run_within(trainer, time.monotonic() + self.p.train_seconds, progress=self.o.progress)
+            else:
+                trainer.run()
         except (DatasetError, TrainingError) as exc:
             raise DemoError(f"train ({method}): {exc}") from exc
         bundle = export_bundle(trainer, run_dir / "bundle")
