@@ -9,7 +9,10 @@ benchmarks/results/bench_bridge.json)
   * the same echo against a second server started with ``RERENDER_KEEP_FRAME_BUFFERS=0`` (glibc's default malloc
     thresholds, as before bridge/allocator.py), and each server's minor page faults per message;
   * the client-side cost of turning a DeepBuffer into wire arrays (`buffer_to_wire`);
-  * round-trip time vs payload size (1 KiB .. 16 MiB) for both.
+  * round-trip time vs payload size (1 KiB .. 16 MiB) for both;
+  * CPU time per deep-buffer echo, of the server process (all its threads, ZeroMQ's I/O thread included) and of
+    this client process, bridge vs raw: unlike the wall-clock round trip, CPU time hardly moves when another job
+    shares the cores, so it shows what the protocol itself costs on a loaded machine (Linux /proc schedstat).
 
 Run: .venv/bin/python benchmarks/bench_bridge.py [--quick] [--out PATH]
 Both servers are separate processes, as in real use (Blender and the backend never share a process).
@@ -119,6 +122,27 @@ def _minor_faults(pid: int | None) -> int | None:
         return None
 
 
+def _cpu_ns(pid: int | str) -> int | None:
+    """CPU time of every thread of a process so far, in ns (/proc/PID/task/*/schedstat; None where there is none)."""
+    try:
+        return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_per_call(fn, pid: int, iterations: int) -> dict[str, float] | None:
+    """CPU ms per call of ``fn`` in the server process ``pid`` and in this process (calls in a row)."""
+    fn()
+    before = (_cpu_ns(pid), _cpu_ns("self"))
+    for _ in range(iterations):
+        fn()
+    after = (_cpu_ns(pid), _cpu_ns("self"))
+    if None in before or None in after:
+        return None
+    return {"server_cpu_ms": (after[0] - before[0]) / iterations / 1e6,
+            "client_cpu_ms": (after[1] - before[1]) / iterations / 1e6}
+
+
 def _time_many(fns: list, iterations: int) -> list[dict[str, float]]:
     """Median/p90 of each; the functions alternate so that load from other processes hits them alike (this machine
     is shared: interleaving keeps the *differences* meaningful even when absolute times wander)."""
@@ -187,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                     faults = [None if f is None or _minor_faults(p.pid) is None else
                               round((_minor_faults(p.pid) - f) / calls) for f, p in
                               zip(faults, (bridge_proc, untuned_proc))]
+                    cpu_bridge = _cpu_per_call(lambda a=arrays: client.echo(a), bridge_proc.pid, n)
+                    cpu_raw = _cpu_per_call(lambda a=list(arrays.values()): _raw_roundtrip(raw, a), raw_proc.pid, n)
                     result["deep_buffers"][f"{transport} {name}"] = {
+                        "cpu_per_echo_bridge": cpu_bridge, "cpu_per_echo_raw": cpu_raw,
                         "payload_bytes": nbytes, "bridge_echo": bridge, "raw_zmq_echo": floor,
                         "overhead_ms": bridge["median_ms"] - floor["median_ms"],
                         "ratio_to_raw": bridge["median_ms"] / floor["median_ms"],
@@ -225,6 +252,11 @@ def _print(result: dict) -> None:
               f"{r['raw_zmq_echo']['median_ms']:>10.2f}{r['ratio_to_raw']:>8.2f}"
               f"{r['bridge_echo_default_malloc']['median_ms']:>16.2f}{r['ratio_to_raw_default_malloc']:>8.2f}"
               f"{str(r['server_minor_faults_per_echo']):>8}{str(r['server_minor_faults_per_echo_default_malloc']):>10}")
+    for case, r in result["deep_buffers"].items():
+        b, raw = r["cpu_per_echo_bridge"], r["cpu_per_echo_raw"]
+        if b and raw:
+            print(f"{case}: CPU per echo, server {b['server_cpu_ms']:.2f} ms (raw {raw['server_cpu_ms']:.2f}), "
+                  f"client {b['client_cpu_ms']:.2f} ms (raw {raw['client_cpu_ms']:.2f})")
     for name, r in result["to_wire_ms"].items():
         print(f"buffer_to_wire {name}: {r['median_ms']:.2f} ms")
     for transport, rows in result["payload_sweep"].items():
