@@ -19,8 +19,9 @@ not per byte (torch's ``index_select`` runs on one core). Two neighbouring pixel
 little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed as float64): one gather writes two
 pixels, so an 8-bit channel costs half the gathers. The frame is cut into row bands, each built in turn (indices in
 a small scratch that stays in cache, then the gathers). Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in
-bands too: five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest
-integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
+bands too: five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to
+the nearest integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no
+cast pass.
 """
 
 from __future__ import annotations
@@ -86,7 +87,6 @@ class TensorEncoder:
         scalar = lambda v: torch.tensor(np.float32(v), device=self.device)  # noqa: E731
         e = encoding
         self._one, self._far, self._empty = scalar(1.0), scalar(e.far), scalar(e.empty_depth)
-        self._minus_one = scalar(-1.0)
         self._inv_far, self._inv_span = scalar(1.0 / e.far), scalar(1.0 / e.near - 1.0 / e.far)
         self._lin_span = scalar(e.far - e.near)
 
