@@ -171,9 +171,9 @@ class _Srgb8Rows:
         idx = np.empty((r1 - r0, self.w, 2), np.intp)
         idx[..., 0] = self.red_green[r0:r1]
         ba = idx[..., 1]
-        np.add(self.blue[r0:r1], len(_RG_TO_LINEAR) + (256 if self.alpha_mask is None else 0), out=ba)
+        np.add(self.blue[r0:r1], np.intp(len(_RG_TO_LINEAR) + (256 if self.alpha_mask is None else 0)), out=ba)
         if self.alpha_mask is not None:
-            ba += self.alpha_mask[r0:r1] * 256  # alpha 1 where a point was drawn
+            ba += self.alpha_mask[r0:r1] * np.intp(256)  # alpha 1 where a point was drawn
         np.take(_RGBA_TABLE, idx, out=self.pairs[r0:r1], mode="wrap")
 
 

@@ -232,10 +232,11 @@ def test_wire_conversions_in_row_bands_equal_numpy_over_every_float16_code(threa
     codes = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(-1, 64, 1).repeat(3, axis=2)  # 1024 rows
     want = linear_to_srgb8(np.nan_to_num(codes.astype(np.float32), nan=0.0))
     assert np.array_equal(protocol.color_to_wire(codes), want)
-    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32).astype(np.int64)
     rng = np.random.default_rng(0)
-    depth = np.concatenate([halves + k for k in range(-2, 3)] +  # every float16 and its float32 neighbours
-                           [rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)]).view(np.float32)
+    near = [((halves + k) & 0xFFFFFFFF).astype(np.uint32) for k in range(-2, 3)]  # every float16, its neighbours
+    depth = np.concatenate(near + [rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    depth = depth.view(np.float32)
     f16 = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
     ties = ((f16[:-1] + f16[1:]) / 2).astype(np.float32)  # exactly between two float16: ties to even
     edges = np.array([65519.0, 65520.0, 1e30, -1e30, np.inf, -np.inf], np.float32)
