@@ -46,7 +46,7 @@ ADDON_GROUPS = {
     "scene data": {"properties", "points", "compat", "exr_io", "exr_read", "deep_buffer", "gpu_raster", "pixels",
                    "semantics", "looks"},
     "blender side": {"colmap_import", "engine", "batch", "viewport"},
-    "ui": {"appearance", "panels"},
+    "ui": {"appearance", "photo_match", "panels"},
     "package": {"__init__"},
 }
 EVERYTHING = set(ADDON_GROUPS)
