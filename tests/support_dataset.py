@@ -84,7 +84,31 @@ def make_dataset(root: str | Path, n_train: int = 6, n_val: int = 2, height: int
     return root
 
 
-__all__ = ["BUILDING", "LIGHTS", "PERSON", "SKY", "make_dataset", "render_view", "srgb_to_linear"]
+def make_trained_film_bundle(root: Path) -> tuple[Path, Path]:
+    """A tiny staged FiLM run (stage 1 .. semantic) on a procedural dataset, exported: (dataset, bundle).
+
+    Seconds of training, yet the latent already changes the picture, so tests of the looks (changing, fitting,
+    matching a photo) have something to find. torch is imported here, not at module level: the Blender lanes
+    import this module without torch."""
+    import torch
+
+    from rerender.training.config import TrainConfig
+    from rerender.training.export import export_bundle
+    from rerender.training.trainer import Trainer
+    from rerender.training.vgg import load_vgg19
+
+    dataset = make_dataset(Path(root) / "D")
+    config = TrainConfig.tiny(appearance_conditioning="film", w_gan=0.0, w_l1=1.0, steps_stage1=4, steps_stage2=12,
+                              steps_stage3=8, steps_semantic=2, triplet_relative_margin=0.5)
+    torch.manual_seed(0)
+    trainer = Trainer(dataset, Path(root) / "run", config, progress=False, vgg=load_vgg19(width_divisor=8))
+    trainer.run()
+    export_bundle(trainer, Path(root) / "bundle")
+    return dataset, Path(root) / "bundle"
+
+
+__all__ = ["BUILDING", "LIGHTS", "PERSON", "SKY", "make_dataset", "make_trained_film_bundle", "render_view",
+           "srgb_to_linear"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,13 +19,11 @@ from rerender.backend.runtime import ModelRuntime
 from rerender.training import losses
 from rerender.training.config import ConfigError, TrainConfig
 from rerender.training.data import load_view, read_manifest
-from rerender.training.export import export_bundle
 from rerender.training.features import (SEGMENTER_FEATURES, FeatureError, SegmenterFeatures, load_features,
                                         load_segmenter_features)
-from rerender.training.trainer import Trainer
-from rerender.training.vgg import RANDOM_FALLBACK, VGGWeightsError, download_checkpoint, load_vgg19
+from rerender.training.vgg import RANDOM_FALLBACK, VGGWeightsError, download_checkpoint
 
-from support_dataset import make_dataset, one_thread  # noqa: F401  (autouse fixture)
+from support_dataset import make_dataset, make_trained_film_bundle, one_thread  # noqa: F401  (autouse fixture)
 
 SIZES = dict(base_channels=8, depth=3, max_channels=32, latent_size=4, encoder_channels=8, encoder_blocks=2)
 
@@ -33,15 +31,7 @@ SIZES = dict(base_channels=8, depth=3, max_channels=32, latent_size=4, encoder_c
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny staged FiLM run (stage 1 .. semantic), exported: (dataset, bundle)."""
-    root = tmp_path_factory.mktemp("film")
-    dataset = make_dataset(root / "D")
-    config = TrainConfig.tiny(appearance_conditioning="film", w_gan=0.0, w_l1=1.0, steps_stage1=4, steps_stage2=12,
-                              steps_stage3=8, steps_semantic=2, triplet_relative_margin=0.5)
-    torch.manual_seed(0)
-    trainer = Trainer(dataset, root / "run", config, progress=False, vgg=load_vgg19(width_divisor=8))
-    trainer.run()
-    export_bundle(trainer, root / "bundle")
-    return dataset, root / "bundle"
+    return make_trained_film_bundle(tmp_path_factory.mktemp("film"))
 
 
 # ---- FiLM ---------------------------------------------------------------------------------------------------------

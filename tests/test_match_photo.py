@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rerender.backend.latent_fit import fit_latent, photo_losses
 from rerender.backend.runtime import ModelRuntime
@@ -23,34 +22,17 @@ from rerender.backend.server_ops import MAX_INIT_LATENTS, check_init
 from rerender.bridge import Client
 from rerender.bridge.errors import CODE_BAD_PARAMS, InvalidRequest, ProtocolError
 from rerender.bridge.latent_fitting import FitInterrupted, fit_photo
-from rerender.training.config import TrainConfig
 from rerender.training.data import load_view, read_manifest
-from rerender.training.export import export_bundle
-from rerender.training.trainer import Trainer
-from rerender.training.vgg import load_vgg19
 
 from support_backend import BackendProcess, free_tcp_address, make_small_bundle
-from support_dataset import make_dataset, one_thread  # noqa: F401  (autouse fixture)
+from support_dataset import make_trained_film_bundle, one_thread  # noqa: F401  (autouse fixture)
 
 LATENT = 8
 
 
-def make_trained_bundle(root: Path) -> tuple[Path, Path]:
-    """A tiny FiLM bundle trained for a few seconds on a procedural dataset: (dataset, bundle). The latent
-    changes the picture, so fitting it to a photo has something to find."""
-    dataset = make_dataset(root / "D")
-    config = TrainConfig.tiny(appearance_conditioning="film", w_gan=0.0, w_l1=1.0, steps_stage1=4, steps_stage2=12,
-                              steps_stage3=8, steps_semantic=2, triplet_relative_margin=0.5)
-    torch.manual_seed(0)
-    trainer = Trainer(dataset, root / "run", config, progress=False, vgg=load_vgg19(width_divisor=8))
-    trainer.run()
-    export_bundle(trainer, root / "bundle")
-    return dataset, root / "bundle"
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    return make_trained_bundle(tmp_path_factory.mktemp("match"))
+    return make_trained_film_bundle(tmp_path_factory.mktemp("match"))
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ bpy = pytest.importorskip("bpy")
 from rerender.bridge import Client  # noqa: E402
 
 from support_backend import BackendProcess, free_tcp_address  # noqa: E402
-from support_dataset import one_thread  # noqa: E402, F401  (autouse fixture)
-from test_match_photo import _as_sent, encode_count, make_trained_bundle  # noqa: E402
+from support_dataset import make_trained_film_bundle, one_thread  # noqa: E402, F401  (autouse fixture)
+from test_match_photo import _as_sent, encode_count  # noqa: E402
 
 pytestmark = pytest.mark.blender
 
@@ -32,7 +32,7 @@ W, H = 80, 64
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return make_trained_bundle(tmp_path_factory.mktemp("match addon"))
+    return make_trained_film_bundle(tmp_path_factory.mktemp("match addon"))
 
 
 @pytest.fixture(scope="module")
