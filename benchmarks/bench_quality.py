@@ -1,16 +1,17 @@
 """Image quality and appearance control, measured on a generated collection with ground truth.
 
-    .venv/bin/python benchmarks/bench_quality.py --out results/bench_quality            # ~25 min of training
+    .venv/bin/python benchmarks/bench_quality.py --out results/bench_quality            # 25 min of training
     .venv/bin/python benchmarks/bench_quality.py --out /tmp/bq --budget-minutes 4 --rows film-seg,i2i
 
-What it does, in one process (numbers of one run are comparable with each other):
+What it does (numbers of one run are comparable with each other):
 1. data: a generated landmark collection (fixed seed, every appearance kind: day, sunset, overcast, night), the
    true cameras' triangulation (training/demo/known_poses.py, so no SfM time is spent), the aligned dataset with the
    generator's segmentation, kept in DATA (reused when it exists);
 2. trains every compared configuration ("row") with the same budget of *process CPU time* (``time.process_time``,
-   all threads of this process): other jobs on a shared machine slow a row's wall clock but not its share of work.
-   A staged row splits its budget over stage 1 / 2 / 3 (``--split``); the semantic predictor is not trained (every
-   evaluation below uses the true segmentation as the label pass);
+   one torch thread): ``--budget-minutes`` of wall clock on this machine, ``--jobs`` rows at a time in their own
+   processes, is ``budget x jobs / rows`` CPU-seconds per row, and other jobs on a shared machine slow a row's
+   wall clock but not its share of work. A staged row splits its budget over stage 1 / 2 / 3 (``--split``); the
+   semantic predictor is not trained (every evaluation below uses the true segmentation as the label pass);
 3. evaluates every row on the held-out views against the truth the generator renders:
    - appearance transfer: view A under photo B's look (B of another kind than A where possible) vs the true render
      of A under B's appearance, with B's latent, a random other photo's latent and the mean latent; gain = B - random;
@@ -19,12 +20,8 @@ What it does, in one process (numbers of one run are comparable with each other)
      paper's whole-image Table 1 (own latent from the whole photo) next to it;
    - latent nearest neighbour: each photo's latent, its nearest other latent, same appearance kind or not;
    - a picture sheet: held-out views under one photo of each appearance kind, the truth above every row's output.
-Writes OUT/bench_quality.json, OUT/bench_quality.md and OUT/bench_quality_sheet.png.
-
-Rows can run in parallel processes (same CPU-time budget each; the wall clock is shared):
-    for r in film-seg concat-seg film-randvgg i2i; do
-        python benchmarks/bench_quality.py --out OUT --rows $r --budget-rows 4 --no-merge & done; wait
-    python benchmarks/bench_quality.py --out OUT --merge-only
+Writes OUT/bench_quality.json, OUT/bench_quality.md and OUT/bench_quality_sheet.png; per-row logs in OUT/logs.
+A row alone (``--rows film-seg --no-merge``) keeps its result in OUT/parts; ``--merge-only`` reports from there.
 """
 
 from __future__ import annotations
