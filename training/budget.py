@@ -313,22 +313,40 @@ def run_within(trainer, deadline: float, per_step: dict[str, float] | None = Non
 
 def _fit_remaining(trainer, seconds_left: float, planned_steps: dict[str, int],
                    seconds_per_step: dict[str, float]) -> None:
-    """Set the step counts of the current and later phases to the plan's, scaled to fit ``seconds_left``."""
+    """Set the step counts of the current and later phases to the plan's scaled by one factor, the largest that
+    fits ``seconds_left``.
+
+    Why one factor over the whole plan (and not over what is left of each phase): the plan's proportions between
+    the phases are the point of it. Scaling only the remainder would end a phase that has already run past its
+    planned count, because a faster machine grew it earlier, at once, and give its time to the next phase.
+    """
     phases = trainer.phases[trainer.phase_index:]
-    done = {p: (trainer.phase_step if i == 0 else 0) for i, p in enumerate(phases)}
-    remaining = {p: max(0, planned_steps[p] - done[p]) for p in phases}
-    # the one step every later phase keeps (and its set-up, about another step) is paid first
-    mandatory = sum(2 * seconds_per_step[p] for p in phases[1:])
-    need = sum(max(0, n - (1 if i else 0)) * seconds_per_step[p] for i, (p, n) in enumerate(remaining.items()))
-    # a machine faster than the probes measured (they ran under a passing load, say) may use up to MAX_GROWTH x the
-    # plan; a slower one gets fewer steps
-    scale = min(MAX_GROWTH, max(0.0, seconds_left - mandatory) / need) if need > 0 else 1.0
-    values = {}
-    for i, p in enumerate(phases):
+    current, later = phases[0], phases[1:]
+    done = trainer.phase_step
+
+    def steps_at(scale: float) -> dict[str, int]:
         # every later phase keeps at least one step (a bundle needs each network trained a little); the current
         # one may end now
-        keep = (0 if i == 0 else 1) + math.floor(max(0, remaining[p] - (0 if i == 0 else 1)) * scale)
-        values[steps_field(trainer.method, p)] = done[p] + keep
+        out = {current: max(done, math.floor(planned_steps[current] * scale))}
+        out.update({p: max(1, math.floor(planned_steps[p] * scale)) for p in later})
+        return out
+
+    def seconds_at(scale: float) -> float:
+        steps = steps_at(scale)
+        # a later phase's first step pays its set-up as well: about one more step
+        return ((steps[current] - done) * seconds_per_step[current]
+                + sum((steps[p] + 1) * seconds_per_step[p] for p in later))
+
+    # a machine faster than the probes measured (they ran under a passing load, say) may use up to MAX_GROWTH x the
+    # plan; a slower one gets fewer steps. seconds_at grows with the scale: bisect for the largest that fits.
+    lo, hi = 0.0, MAX_GROWTH
+    if seconds_at(hi) <= seconds_left:
+        lo = hi
+    else:
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if seconds_at(mid) <= seconds_left else (lo, mid)
+    values = {steps_field(trainer.method, p): n for p, n in steps_at(lo).items()}
     if any(getattr(trainer.config, k) != v for k, v in values.items()):
         trainer.config = dataclasses.replace(trainer.config, **values)
         log.debug("time budget: remaining steps set to %s", values)
