@@ -57,6 +57,33 @@ def one_point_shot(name: str, filepath: str):
     return scene, [cloud, cam]
 
 
+def point_wall_shot(name: str, width: int, height: int, points_count: int = 6000):
+    """A closed wall of random-coloured points 4-6 m ahead of a camera looking down +y; engine RERENDER, fixed
+    2-px splats, ``width`` x ``height``. Returns ``(scene, objects)`` (cloud, camera) for :func:`remove_shot`."""
+    import math
+
+    import bpy
+    import numpy as np
+
+    from rerender.addon import points
+
+    scene = bpy.data.scenes.new(name)
+    scene.render.engine = "RERENDER"
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    rng = np.random.default_rng(0)
+    n = points_count
+    xyz = np.stack([rng.uniform(-3, 3, n), rng.uniform(4, 6, n), rng.uniform(-2, 2, n)], axis=1)
+    colors = rng.uniform(0.1, 0.9, (n, 3)).astype(np.float32)
+    cloud = points.create_point_cloud(f"{name} cloud", xyz, colors, np.full(n, 2), scene.collection)
+    cam = bpy.data.objects.new(f"{name} cam", bpy.data.cameras.new(f"{name} cam"))
+    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    scene.rerender.point_size_auto = False
+    scene.rerender.point_size = 2.0
+    return scene, [cloud, cam]
+
+
 def remove_shot(scene, objects) -> None:
     import bpy
 

@@ -11,7 +11,6 @@ process, and is applied there by name.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -22,6 +21,8 @@ bpy = pytest.importorskip("bpy")
 
 from rerender.bridge import Client, srgb8_to_linear  # noqa: E402
 
+from support_addon import point_wall_shot, remove_shot  # noqa: E402
+
 pytestmark = pytest.mark.blender
 
 W, H = 64, 48
@@ -30,27 +31,10 @@ W, H = 64, 48
 @pytest.fixture()
 def shot(addon):
     """A closed wall of points 4-6 units ahead of a camera looking down +y; engine RERENDER, 64 x 48."""
-    from rerender.addon import points
-
-    scene = bpy.data.scenes.new("appearance shot")
-    scene.render.engine = "RERENDER"
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
+    scene, objects = point_wall_shot("appearance shot", W, H)
     scene.render.use_compositing = False
-    rng = np.random.default_rng(0)
-    n = 6000
-    xyz = np.stack([rng.uniform(-3, 3, n), rng.uniform(4, 6, n), rng.uniform(-2, 2, n)], axis=1)
-    colors = rng.uniform(0.1, 0.9, (n, 3)).astype(np.float32)
-    cloud = points.create_point_cloud("appearance cloud", xyz, colors, np.full(n, 2), scene.collection)
-    cam = bpy.data.objects.new("appearance cam", bpy.data.cameras.new("appearance cam"))
-    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    scene.rerender.point_size_auto = False
-    scene.rerender.point_size = 2.0
     yield scene
-    bpy.data.scenes.remove(scene)
-    bpy.data.objects.remove(cloud)
-    bpy.data.objects.remove(cam)
+    remove_shot(scene, objects)
 
 
 def fetch_gallery(scene) -> None:

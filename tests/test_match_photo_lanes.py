@@ -8,13 +8,14 @@ stored and keyed, cancel stops with a latent.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
+
+from support_addon import point_wall_shot, remove_shot  # noqa: E402
 
 pytestmark = [pytest.mark.blender, pytest.mark.lane]
 
@@ -24,22 +25,7 @@ W, H = 64, 48
 @pytest.fixture()
 def shot(addon, tmp_path):
     """A wall of points, the scene camera, and a photo file (written by Blender) of the wall's size."""
-    from rerender.addon import points
-
-    scene = bpy.data.scenes.new("lane match shot")
-    scene.render.engine = "RERENDER"
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
-    rng = np.random.default_rng(0)
-    n = 4000
-    xyz = np.stack([rng.uniform(-3, 3, n), rng.uniform(4, 6, n), rng.uniform(-2, 2, n)], axis=1)
-    cloud = points.create_point_cloud("lane match cloud", xyz, rng.uniform(0.1, 0.9, (n, 3)).astype(np.float32),
-                                      np.full(n, 2), scene.collection)
-    cam = bpy.data.objects.new("lane match cam", bpy.data.cameras.new("lane match cam"))
-    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    scene.rerender.point_size_auto = False
-    scene.rerender.point_size = 2.0
+    scene, objects = point_wall_shot("lane match shot", W, H, points_count=4000)
     image = bpy.data.images.new("lane match photo", W, H, alpha=False)
     rgba = np.ones((H, W, 4), np.float32)
     rgba[..., :3] = np.linspace(0.1, 0.9, W)[None, :, None] * np.array([1.0, 0.6, 0.3], np.float32)
@@ -51,9 +37,7 @@ def shot(addon, tmp_path):
     bpy.data.images.remove(image)
     scene["photo"] = path
     yield scene
-    bpy.data.scenes.remove(scene)
-    bpy.data.objects.remove(cloud)
-    bpy.data.objects.remove(cam)
+    remove_shot(scene, objects)
 
 
 def test_match_photo_stores_a_keyable_look_and_cancel_keeps_one(shot):
