@@ -48,7 +48,7 @@ def test_match_photo_stores_a_keyable_look_and_cancel_keeps_one(shot):
         assert bpy.ops.rerender.match_photo(filepath=path, steps=30, chunk=10, max_side=W) == {"FINISHED"}
     assert photo_match.jobs.wait(120)
     (level, message), = photo_match.jobs.deliver()
-    assert level == "INFO" and "look 'sunset' matched to sunset.png through 'lane match cam'" in message, message
+    assert level == "INFO" and "look 'sunset' matched to sunset.png through 'lane match shot cam'" in message, message
     before, after = (float(v) for v in message.split("loss ")[1].split(" in ")[0].split(" → "))
     assert after <= before and "in 30 steps" in message
     look = shot.rerender.looks["sunset"]
