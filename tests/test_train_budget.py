@@ -149,5 +149,12 @@ def test_remaining_phases_are_rescaled_to_the_time_left(tmp_path):
     _fit_remaining(trainer, 0.0, planned, cost)  # out of time: the current phase ends, later ones keep a step
     assert trainer.steps_for("rerender") == 30 and trainer.steps_for("finetune") == 1
     _fit_remaining(trainer, 1e6, planned, cost)  # a faster machine: more steps, up to MAX_GROWTH x the plan
-    assert trainer.steps_for("finetune") == 1 + int(19 * MAX_GROWTH)  # the kept step + the optional ones, grown
+    assert trainer.steps_for("finetune") == int(20 * MAX_GROWTH)  # the whole plan grown by one factor
+    assert trainer.steps_for("rerender") == int(50 * MAX_GROWTH)
     assert trainer.steps_for("appearance") == 10  # finished phases are left alone
+    # a phase already grown past its planned count keeps its share of the time left (it used to be ended at once)
+    trainer.phase_step = 120  # 120 of a planned 50
+    _fit_remaining(trainer, 300.0, planned, cost)
+    rerender, finetune = trainer.steps_for("rerender"), trainer.steps_for("finetune")
+    assert rerender > 120 and abs(rerender / finetune - 50 / 20) < 0.1  # the plan's proportions
+    assert (rerender - 120) * 1.0 + (finetune + 1) * 2.0 + (trainer.steps_for("semantic") + 1) * 0.5 <= 300.0
