@@ -407,13 +407,12 @@ def run_rows_in_parallel(argv: list[str], rows: list[Row], out: Path, jobs: int)
     import subprocess
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    base = [a for a in argv]
     pending, running, failed = list(rows), [], []
     while pending or running:
         while pending and len(running) < jobs:
             row = pending.pop(0)
             log = open(out / "logs" / f"{row.name}.log", "w")
-            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--rows", row.name, "--no-merge",
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--rows", row.name, "--no-merge",
                    "--budget-rows", str(len(rows))]
             print(f"started {row.name} (log {log.name})", flush=True)
             running.append((row, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))

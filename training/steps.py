@@ -104,10 +104,12 @@ class PhaseSteps:
             photos = np.stack([self.train_set[j]["photo"][start:start + size, start:start + size]
                                for j in range(i, min(n, i + chunk))])
             grams.append([g.cpu() for g in losses.style_grams(self.vgg, photos_tensor(photos).to(self.device))])
-            hists.append(losses.colour_histograms(torch.from_numpy(photos)))
+            if self.config.style_colour_weight > 0:  # the paper's distance needs no histograms
+                hists.append(losses.colour_histograms(torch.from_numpy(photos)))
         stacked = [torch.cat([g[j] for g in grams]) for j in range(len(grams[0]))]
         self.style_distances = losses.appearance_distances(
-            losses.pairwise_style_distances(stacked), torch.cat(hists), self.config.style_colour_weight)
+            losses.pairwise_style_distances(stacked), torch.cat(hists) if hists else None,
+            self.config.style_colour_weight)
         if self.ctx.is_main:
             _atomic_save({"names": names, "style_size": self.config.style_size, "features": self.vgg.weights_name,
                           "colour_weight": self.config.style_colour_weight, "distances": self.style_distances}, path)
