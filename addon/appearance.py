@@ -24,9 +24,9 @@ import numpy as np
 from . import connection, photo_match, properties
 from .jobs import PARALLEL, JobRunner
 from .looks import (  # noqa: F401  (re-exported: scripts and tests use these names from here)
-    ENCODE_MAX_SIDE, ENCODE_MULTIPLE, THUMBNAIL_PREFIX, THUMBNAIL_SIDE, LookError, apply_look, encode_size,
-    find_look, image_pixels, key_interpolation, load_photo, look_latent, look_names, mix_latents, mix_looks,
-    photo_and_buffer, store_gallery, store_look, thumbnail_image, thumbnail_of,
+    ENCODE_MAX_SIDE, ENCODE_MULTIPLE, THUMBNAIL_PREFIX, THUMBNAIL_SIDE, LookError, PhotoLookOperator, apply_look,
+    encode_size, find_look, image_pixels, key_interpolation, load_photo, look_latent, look_names, mix_latents,
+    mix_looks, photo_and_buffer, store_gallery, store_look, thumbnail_image, thumbnail_of,
 )
 from .photo_match import match_photo_async  # noqa: F401  (re-exported: "match this photo", photo_match.py)
 from .preferences import backend_settings
@@ -148,24 +148,14 @@ class RERENDER_OT_mix_looks(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class RERENDER_OT_encode_photo(bpy.types.Operator):
+class RERENDER_OT_encode_photo(PhotoLookOperator, bpy.types.Operator):
     """Encode the appearance of a photo (seen through the current camera's deep buffer) into a named look"""
 
     bl_idname = "rerender.encode_photo"
     bl_label = "Encode Photo"
 
-    filepath: bpy.props.StringProperty(subtype="FILE_PATH")
-    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    name: bpy.props.StringProperty(name="Look Name", description="Empty = the photo's file name")
-    max_side: bpy.props.IntProperty(name="Size", default=ENCODE_MAX_SIDE, min=32, max=2048,
-                                    description="Longest side, in pixels, of the photo and deep buffer encoded")
-
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def execute(self, context: bpy.types.Context) -> set[str]:
-        name = self.name or os.path.splitext(os.path.basename(self.filepath))[0]
+        name = self.look_name()
         try:
             encode_photo_async(context.scene, self.filepath, name, self.max_side)
         except (LookError, RuntimeError) as exc:  # RuntimeError: the deep buffer render failed

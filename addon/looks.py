@@ -250,3 +250,23 @@ def thumbnail_of(photo: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     rows = (np.arange(th) * h // th).astype(np.intp)
     cols = (np.arange(tw) * w // tw).astype(np.intp)
     return np.ascontiguousarray(photo[rows][:, cols])
+
+
+class PhotoLookOperator:
+    """What the operators that make a look from a photo share (Encode Photo, Match Photo): the file browser
+    filtered to images, the look's name (the photo's file name when left empty) and the size it is seen at.
+
+    A mixin, not an operator: Blender registers the property annotations of an operator's plain base classes."""
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH")
+    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    name: bpy.props.StringProperty(name="Look Name", description="Empty = the photo's file name")
+    max_side: bpy.props.IntProperty(name="Size", default=ENCODE_MAX_SIDE, min=32, max=2048,
+                                    description="Longest side, in pixels, of the photo and deep buffer seen")
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def look_name(self) -> str:
+        return self.name or os.path.splitext(os.path.basename(self.filepath))[0]

@@ -31,7 +31,7 @@ import numpy as np
 from . import connection
 from ._bridge import bridge
 from .jobs import ONE_AT_A_TIME, JobRunner
-from .looks import ENCODE_MAX_SIDE, LookError, photo_and_buffer, store_look, thumbnail_of
+from .looks import ENCODE_MAX_SIDE, LookError, PhotoLookOperator, photo_and_buffer, store_look, thumbnail_of
 from .preferences import backend_settings
 
 latent_fitting = importlib.import_module(f"{bridge.__name__}.latent_fitting")
@@ -199,16 +199,13 @@ def _watcher() -> tuple[bool, bool]:
 
 # --- operators ----------------------------------------------------------------------------------------------------
 
-class RERENDER_OT_match_photo(bpy.types.Operator):
+class RERENDER_OT_match_photo(PhotoLookOperator, bpy.types.Operator):
     """Fit a look to a photo: start from the photo's encoding and optimise it against the photo, seen through its
     COLMAP camera (or the scene camera). Runs in the background; Esc or Cancel keeps the best look so far"""
 
     bl_idname = "rerender.match_photo"
     bl_label = "Match Photo"
 
-    filepath: bpy.props.StringProperty(subtype="FILE_PATH")
-    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    name: bpy.props.StringProperty(name="Look Name", description="Empty = the photo's file name")
     steps: bpy.props.IntProperty(name="Steps", default=DEFAULT_STEPS, min=1, max=5000,
                                  description="Optimisation steps (more: closer to the photo, slower)")
     chunk: bpy.props.IntProperty(name="Steps per Request", default=DEFAULT_CHUNK, min=1, max=500,
@@ -216,18 +213,12 @@ class RERENDER_OT_match_photo(bpy.types.Operator):
                                              "slow): progress and cancel act between requests")
     camera: bpy.props.StringProperty(name="Camera", description="Camera object to see the photo through; empty = "
                                      "the photo's imported COLMAP camera if the scene has it, else the scene camera")
-    max_side: bpy.props.IntProperty(name="Size", default=ENCODE_MAX_SIDE, min=32, max=2048,
-                                    description="Longest side, in pixels, of the photo and deep buffer fitted")
 
     _timer = None
     _generation = 0
 
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def execute(self, context: bpy.types.Context) -> set[str]:
-        name = self.name or os.path.splitext(os.path.basename(self.filepath))[0]
+        name = self.look_name()
         try:
             state = match_photo_async(context.scene, self.filepath, name, steps=self.steps, chunk=self.chunk,
                                       max_side=self.max_side, camera=self.camera)
