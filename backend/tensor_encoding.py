@@ -17,9 +17,12 @@ same as padding the encoded planes (the encoding is per pixel) and costs nothing
 Why pairs and bands (the server's wire path on the CPU, :meth:`TensorEncoder.encode`): a gather costs per element,
 not per byte (torch's ``index_select`` runs on one core). Two neighbouring pixels of an 8-bit plane, read as one
 little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed as float64): one gather writes two
-pixels, so an 8-bit channel costs half the gathers. The frame is cut into row bands, each built in turn (indices in
-a small scratch that stays in cache, then the gathers). Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in
-bands too: five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to
+pixels, so an 8-bit channel costs half the gathers (a band's interleaved colors are first copied to planes, where a
+pixel pair is one 16-bit code to read). The frame is cut into row bands (indices in a small scratch that stays in
+cache, then the gathers), spread over the row-band threads: ``index_select`` runs on one core, and two bands side
+by side were measured 1.2-1.4x faster per 1080p encode on the 2-core reference machine. Output quantisation
+(:meth:`TensorEncoder.to_uint8`) runs in bands too, in the caller's thread (its elementwise passes already use
+torch's threads; on the band threads it was slower): five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to
 the nearest integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no
 cast pass.
 """
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 
+from rerender.bridge.buffers import row_bands
 from rerender.bridge.classes import UNKNOWN
 from rerender.bridge.colors import linear_to_srgb
 from rerender.bridge.protocol import _SRGB8_TO_LINEAR16
@@ -205,8 +209,11 @@ class TensorEncoder:
             keep.mul_(255)  # byte masks: 0xFF where drawn
             idx = torch.empty_like(keep)
             didx = torch.empty((r1 - r0, w), dtype=torch.int32, device=dev)
+            planar = torch.empty((3, r1 - r0, w), dtype=torch.uint8, device=dev)
+            planar.copy_(color[r0:r1].permute(2, 0, 1))  # one pass; then a plane's pixel pairs are its 16-bit codes
+            codes = planar.view(torch.uint16)
             for k in range(3):
-                idx.copy_(color[r0:r1, 1::2, k]).mul_(256).add_(color[r0:r1, 0::2, k]).bitwise_and_(keep)
+                idx.copy_(codes[k]).bitwise_and_(keep)
                 self._gather(self.color8_pairs, idx, pairs16[k, r0:r1])
             didx.copy_(dbits[r0:r1].view(torch.uint16))
             if mask is not None:  # with a mask frame, a finite depth may still be undrawn: code 0 is empty
@@ -296,23 +303,31 @@ def _quantise_frame(a: torch.Tensor, out: torch.Tensor) -> None:
         low = v.view(torch.uint8)[..., ::4]  # 3 x rows x W: the low byte of every float
         torch.stack((low[0], low[1], low[2]), dim=-1, out=out[r0:r1])
 
-    run_bands(h, a.shape[-1], band)
+    run_bands(h, a.shape[-1], band, threads=False)  # elementwise passes: torch's own threads already share them
 
 
 # ---- row bands -----------------------------------------------------------------------------------------------
 
 
-def run_bands(rows: int, width: int, work: Callable[[int, int], None]) -> None:
-    """``work(r0, r1)`` over row bands of about ``BAND_PIXELS`` pixels covering ``range(rows)``, in the caller's
-    thread (a 512² frame is one band: every torch call costs a few microseconds of dispatch).
+def run_bands(rows: int, width: int, work: Callable[[int, int], None], *, threads: bool = True) -> None:
+    """``work(r0, r1)`` over row bands of about ``BAND_PIXELS`` pixels covering ``range(rows)``, spread over the
+    row-band threads (``bridge.buffers.row_bands``; a 512² frame is one band, run in the caller's thread: every
+    torch call costs a few microseconds of dispatch).
 
-    Why bands and not a thread pool: each torch call inside a band still uses torch's own threads, and the bands
-    keep a band's scratch indices and output rows in cache between the calls. Spreading the bands over a pool of
-    Python threads was measured slower on the 2-core reference machine (16.1 vs 13.5 ms per 1080p encode): torch's
-    gathers, the largest part, did not run faster side by side there."""
+    Why bands on threads: a band's scratch indices and output rows stay in cache between its calls, and torch's
+    ``index_select`` (the gathers, most of the work) runs on one core, so bands side by side use the others."""
     step = max(8, BAND_PIXELS // max(1, width))
-    for r0 in range(0, rows, step):
-        work(r0, min(r0 + step, rows))
+    if not threads:
+        for r0 in range(0, rows, step):
+            work(r0, min(r0 + step, rows))
+        return
+    inference = torch.is_inference_mode_enabled()  # thread-local in torch: the band threads take the caller's
+
+    def in_callers_mode(r0: int, r1: int) -> None:
+        with torch.inference_mode(inference):
+            work(r0, r1)
+
+    row_bands(rows, in_callers_mode, band_rows=step)
 
 
 def _padded(src: torch.Tensor, hp: int, wp: int, dtype: torch.dtype) -> torch.Tensor:

@@ -171,16 +171,19 @@ def test_float16_output_is_the_networks_own_not_the_8_bit_image(runtime: ModelRu
 @pytest.mark.parametrize("enc", ENCODINGS, ids=["inverse", "linear", "onehot"])
 def test_wire_frames_in_row_bands_encode_exactly(enc: InputEncoding, monkeypatch):
     """The wire path's pair gathers in row bands (row padding copied from the last row; a mask frame with bytes
-    other than 0/1, which mean drawn) against the numpy definition."""
+    other than 0/1, which mean drawn) against the numpy definition, with the bands on one thread and on three, in
+    and out of torch's inference mode (the server's; it is thread-local)."""
     monkeypatch.setattr(tensor_encoding, "BAND_PIXELS", 16 * 64)  # bands of 16 rows: 7 of them
     buffer = hard_buffer(101, 64, 9, enc.num_classes)
-    for send_mask in (True, None):
+    for send_mask, threads, inference in ((True, "1", False), (None, "3", True), (True, "3", True)):
+        monkeypatch.setenv("RERENDER_BAND_THREADS", threads)
         wire = P.buffer_to_wire(buffer, send_mask=send_mask)
         if send_mask:
             wire["mask"] = wire["mask"] * np.uint8(7)  # any non-zero byte is a drawn pixel
         ref = reference_encode(enc, [P.buffer_from_wire(wire)])
-        got = enc.encode_wire({k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in wire.items()},
-                              multiple=16)
+        with torch.inference_mode(inference):
+            got = enc.encode_wire({k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in wire.items()},
+                                  multiple=16)
         padded = torch.nn.functional.pad(torch.from_numpy(ref), (0, 0, 0, 11), mode="replicate")
         assert got.shape == padded.shape and np.array_equal(bits(got), bits(padded))
     odd = hard_buffer(40, 37, 3, enc.num_classes)  # odd width: the one-pixel-at-a-time path
