@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -136,8 +136,27 @@ def base_config(args: argparse.Namespace):
 PHASE_FIELD = {"appearance": "steps_stage1", "rerender": "steps_stage2", "finetune": "steps_stage3"}
 
 
-def train_row(row: Row, data: Path, run_dir: Path, values: dict, budget_s: float, split: list[float]) -> dict:
-    """Train ``row`` for ``budget_s`` seconds of process CPU time; returns the facts and the exported bundle path."""
+def _training_latent_nn(trainer: Any, kind: Callable[[str], str]) -> float:
+    """Nearest-neighbour accuracy on appearance kind of the training photos' latents, as the encoder is now."""
+    z = trainer._latents_of_all_photos().double()
+    d = _squared_distances(z)
+    kinds = [kind(n) for n in trainer.train_set.names]
+    return float(np.mean([kinds[i] == kinds[j] for i, j in enumerate(d.argmin(1).tolist())]))
+
+
+def _squared_distances(z: Any) -> Any:
+    """Squared distances between the rows of ``z``, with +inf on the diagonal."""
+    d = ((z[:, None] - z[None]) ** 2).sum(-1)
+    return d.fill_diagonal_(float("inf"))
+
+
+def train_row(row: Row, data: Path, run_dir: Path, values: dict, budget_s: float, split: list[float],
+              kind: Callable[[str], str] | None = None) -> dict:
+    """Train ``row`` for ``budget_s`` seconds of process CPU time; returns the facts and the exported bundle path.
+
+    With ``kind`` (a photo's true appearance kind), a staged row also records the nearest-neighbour accuracy of the
+    training photos' latents at the end of each phase (outside the budget: it shows which stage makes or loses the
+    clusters of looks)."""
     import shutil
 
     from rerender.training.config import TrainConfig
@@ -157,6 +176,7 @@ def train_row(row: Row, data: Path, run_dir: Path, values: dict, budget_s: float
         {phases[0]: 1.0}
     steps: dict[str, int] = {}
     cpu: dict[str, float] = {}
+    nn_after: dict[str, float] = {}
     spent_before = time.process_time() - start  # building the trainer (features, dataset) counts to the row
     for phase in phases:
         t_phase = time.process_time()
@@ -168,12 +188,17 @@ def train_row(row: Row, data: Path, run_dir: Path, values: dict, budget_s: float
         steps[phase] = trainer.phase_step
         cpu[phase] = round(time.process_time() - t_phase, 1)
         trainer.run(max_steps=0)  # closes the phase
+        if kind is not None and trainer.E is not None:
+            t_skip = time.process_time()
+            nn_after[phase] = _training_latent_nn(trainer, kind)
+            start += time.process_time() - t_skip  # not part of the row's training time
     trainer.run()  # the semantic phase has 0 steps: completes at once
     bundle = export_bundle(trainer, run_dir / "bundle")
     return {"row": row.name, "label": row.label, "method": row.method, "steps": steps, "cpu_seconds": cpu,
             "cpu_seconds_total": round(time.process_time() - start, 1),
             "wall_seconds": round(time.perf_counter() - wall, 1), "features": trainer.vgg.weights_name,
-            "appearance_conditioning": bundle.config.appearance_conditioning, "bundle": str(run_dir / "bundle")}
+            "appearance_conditioning": bundle.config.appearance_conditioning, "bundle": str(run_dir / "bundle"),
+            "training_latent_nn_after": nn_after}
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
@@ -461,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.merge_only:
         for row in rows:
             print(f"training {row.name} ({row.label}) for {budget:.0f} CPU s ...", flush=True)
-            facts = train_row(row, data, out / "runs" / row.name, values, budget, split)
+            facts = train_row(row, data, out / "runs" / row.name, values, budget, split, truth.kind)
             print(f"  steps {facts['steps']}, {facts['wall_seconds']:.0f} s wall; evaluating ...", flush=True)
             t0 = time.perf_counter()
             numbers, pics = evaluate_row(Path(facts["bundle"]), data, truth, plan, args.fit_steps)

@@ -161,19 +161,25 @@ class PhaseSteps:
         seen[indices] = True
 
     @torch.no_grad()
-    def _standardise_latents(self) -> None:
-        """Before stage 2's first step: R standardises latents by those of every training photo (once per run)."""
-        if not getattr(self.R, "latent_standardised", False) or self.E is None:
-            return
-        if getattr(self, "_latents_standardised", False) or self.phase_step > 0:
-            return  # set already (the statistics are R's buffers: checkpointed, and copied into the EMA copy)
+    def _latents_of_all_photos(self) -> torch.Tensor:
+        """The encoder's latent of every training photo (its centre square, eval mode), N x latent_size."""
+        assert self.E is not None
         self.E.eval()
         latents = []
         for i in range(0, len(self.train_set), 16):
             photo, x, _ = self._inputs(collate([self.train_set[j] for j in range(i, min(len(self.train_set), i + 16))]))
             with self._autocast():
                 latents.append(self.E.latent(torch.cat([photo, x], dim=1)).float())
-        z = torch.cat(latents)
+        return torch.cat(latents)
+
+    @torch.no_grad()
+    def _standardise_latents(self) -> None:
+        """Before stage 2's first step: R standardises latents by those of every training photo (once per run)."""
+        if not getattr(self.R, "latent_standardised", False) or self.E is None:
+            return
+        if getattr(self, "_latents_standardised", False) or self.phase_step > 0:
+            return  # set already (the statistics are R's buffers: checkpointed, and copied into the EMA copy)
+        z = self._latents_of_all_photos()
         for net in (self.R, self.ema_R.module):
             net.set_latent_statistics(z)
         self._latents_standardised = True
