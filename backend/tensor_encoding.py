@@ -20,11 +20,11 @@ little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed 
 pixels, so an 8-bit channel costs half the gathers (a band's interleaved colors are first copied to planes, where a
 pixel pair is one 16-bit code to read). The frame is cut into row bands (indices in a small scratch that stays in
 cache, then the gathers), spread over the row-band threads: ``index_select`` runs on one core, and two bands side
-by side were measured 1.2-1.4x faster per 1080p encode on the 2-core reference machine. Output quantisation
-(:meth:`TensorEncoder.to_uint8`) runs in bands too, in the caller's thread (its elementwise passes already use
-torch's threads; on the band threads it was slower): five in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to
-the nearest integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no
-cast pass.
+by side were measured 1.05-1.4x faster per 1080p encode on the 2-core reference machine (docs/benchmarks.md).
+Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in bands too, in the caller's thread (its elementwise
+passes already use torch's threads; on the band threads it was slower): five in-place passes on cache-resident rows,
+and the rounding is float32's own (adding 2**23 rounds to the nearest integer, ties to even, exactly as
+``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ implementation, to measure against) and the code as it is now, interleaved in on
     encoding twice + photo conversion; after = training.loader (2 worker processes, prefetch) + device_inputs.
 
 Run: .venv/bin/python benchmarks/bench_host.py [--quick] [--sizes 512 1080] [--threads 1] [--out PATH]
-(``RERENDER_BAND_THREADS=1`` runs the Blender side's row bands in one thread, for comparison.)
+(``RERENDER_BAND_THREADS=1`` runs the row bands of the Blender side and of the server's encode in one thread, for
+comparison.)
 """
 
 from __future__ import annotations

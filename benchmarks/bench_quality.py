@@ -136,18 +136,19 @@ def base_config(args: argparse.Namespace):
 PHASE_FIELD = {"appearance": "steps_stage1", "rerender": "steps_stage2", "finetune": "steps_stage3"}
 
 
+def nearest_is_same_kind(latents: np.ndarray, kinds: list[str]) -> list[bool]:
+    """For each latent (a row), whether its nearest other latent (Euclidean) has the same appearance kind."""
+    z = np.asarray(latents, dtype=np.float64)
+    d = ((z[:, None] - z[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return [kinds[i] == kinds[j] for i, j in enumerate(d.argmin(1))]
+
+
 def _training_latent_nn(trainer: Any, kind: Callable[[str], str]) -> float:
     """Nearest-neighbour accuracy on appearance kind of the training photos' latents, as the encoder is now."""
-    z = trainer._latents_of_all_photos().double()
-    d = _squared_distances(z)
-    kinds = [kind(n) for n in trainer.train_set.names]
-    return float(np.mean([kinds[i] == kinds[j] for i, j in enumerate(d.argmin(1).tolist())]))
-
-
-def _squared_distances(z: Any) -> Any:
-    """Squared distances between the rows of ``z``, with +inf on the diagonal."""
-    d = ((z[:, None] - z[None]) ** 2).sum(-1)
-    return d.fill_diagonal_(float("inf"))
+    hits = nearest_is_same_kind(trainer._latents_of_all_photos().cpu().numpy(),
+                                [kind(n) for n in trainer.train_set.names])
+    return float(np.mean(hits))
 
 
 def train_row(row: Row, data: Path, run_dir: Path, values: dict, budget_s: float, split: list[float],
@@ -357,12 +358,8 @@ def evaluate_row(bundle_dir: Path, data: Path, truth: Truth, plan: Plan, fit_ste
                           "per_pair": per_pair}
     # nearest neighbour of each photo's latent, against the true appearance kind
     names = list(latents)
-    Z = np.stack([latents[n] for n in names]).astype(np.float64)
-    d = ((Z[:, None] - Z[None]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    nn = d.argmin(1)
     kinds = [truth.kind(n) for n in names]
-    hits = [kinds[i] == kinds[j] for i, j in enumerate(nn)]
+    hits = nearest_is_same_kind(np.stack([latents[n] for n in names]), kinds)
     result["latent_nn"] = {"photos": len(names), "accuracy": float(np.mean(hits)),
                            "per_kind": {k: float(np.mean([h for h, kk in zip(hits, kinds) if kk == k]))
                                         for k in KINDS if k in kinds},
