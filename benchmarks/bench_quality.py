@@ -118,7 +118,7 @@ def base_config(args: argparse.Namespace):
     values.update(
         load_size=128, crop_size=96, batch_size=4, num_workers=0, cache_views=True, style_size=128,
         steps_stage1=10 ** 6, steps_stage2=10 ** 6, steps_stage3=10 ** 6, steps_semantic=0, steps_baseline=10 ** 6,
-        checkpoint_every=10 ** 9, validate_every=10 ** 9, log_every=25, triplet_k_near=1, triplet_k_far=10,
+        checkpoint_every=10 ** 9, validate_every=10 ** 9, log_every=25, triplet_k_near=3, triplet_k_far=10,
         d_scales=2, d_channels=16, vgg_width_divisor=4,
         segmenter_weights=args.segmenter_weights, seed=args.seed,
         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16, "encoder_blocks": 3})

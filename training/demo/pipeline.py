@@ -229,15 +229,13 @@ class Demo:
 
         s1, s2, s3, sem = self.p.steps
         log_every = max(1, min(50, s2 // 10))
-        # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection; on a small one the positive is
-        # the nearest photo by the ranking distance (docs/training.md: +5 points of latent NN in stage 1, 3 seeds)
-        big = self.p.photos >= 60
+        big = self.p.photos >= 60  # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection
         losses = dict(SHORT_BUDGET) if self.p.short_budget else {}
         return TrainConfig(**losses,
             load_size=self.p.load_size, crop_size=self.p.crop_size, batch_size=self.p.batch_size, num_workers=0,
             cache_views=True, steps_stage1=s1, steps_stage2=s2, steps_stage3=s3, steps_semantic=sem,
             steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
-            log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 1, triplet_k_far=13 if big else 4,
+            log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4,
             style_size=min(256, self.p.load_size), network=dict(self.p.network),
             vgg_width_divisor=self.p.vgg_width_divisor, features="auto",
             segmenter_weights=self.o.segmenter_weights,

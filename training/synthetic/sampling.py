@@ -83,9 +83,9 @@ def sample_appearance(seed: int, index: int, kind: str) -> PhotoConditions:
     common = dict(air_density=float(u(0.8, 1.6)), aerosol_density=float(u(0.5, 2.5)),
                   exposure_ev=exposure, white_balance_temperature=wb_temperature, white_balance_tint=wb_tint,
                   lamp_color=[1.0, float(u(0.62, 0.78)), float(u(0.35, 0.5))])
-    if kind == "day":  # a sun strong enough against this sky that shade reads as shade (docs/synthetic.md)
+    if kind == "day":
         warm = u(0.0, 0.08)
-        a = dict(sun_elevation_deg=u(20.0, 58.0), sun_azimuth_deg=azimuth, sun_strength=u(4.0, 6.0),
+        a = dict(sun_elevation_deg=u(20.0, 58.0), sun_azimuth_deg=azimuth, sun_strength=u(2.2, 3.2),
                  sun_color=[1.0, 1.0 - warm, 1.0 - 2 * warm], sun_angle_deg=0.6, sky_strength=u(0.08, 0.15),
                  cloud_cover=u(0.0, 0.35), cloud_color=[0.8, 0.82, 0.85], night_lights=0.0,
                  fog_color=[0.78, 0.8, 0.83])
