@@ -338,24 +338,31 @@ class Server:
         return float(min(2000.0, max(10.0, self._forward_ms * max(1, queued) / 2)))
 
     def _send(self, identity: Any, frames: list) -> None:
-        """Send one reply; large frames are tracked in the byte budget until ZeroMQ has written them."""
-        trackers, tracked_bytes = [], 0
+        """Send one reply; its large frames are counted in the byte budget until ZeroMQ has written them.
+
+        Why one tracker: ZeroMQ writes a message's frames in order and releases each once written, so the last
+        large frame's tracker tells when all of them are gone. Every other frame that came in as a ``zmq.Frame``
+        (an echo's arrays) is sent as that frame, which ZeroMQ only reference-counts: wrapping its buffer in a
+        new zero-copy frame instead costs a release callback through pyzmq's garbage-collection thread per frame,
+        about 0.5 ms of a 1080p echo (docs/benchmarks.md)."""
+        parts = [identity, *frames]
+        sizes = [_nbytes(part) for part in parts]
+        large = [i for i, size in enumerate(sizes) if size >= TRACK_MIN_BYTES]
+        tracked = large[-1] if large else -1
+        tracker = None
         try:
-            parts = [identity, *frames]
             for i, part in enumerate(parts):
                 flags = zmq.SNDMORE if i < len(parts) - 1 else 0
-                size = _nbytes(part)
-                if size >= TRACK_MIN_BYTES:
+                if i == tracked:
                     data = memoryview(part.buffer) if isinstance(part, zmq.Frame) else part
-                    trackers.append(self._router.send(data, flags, copy=False, track=True))
-                    tracked_bytes += size
+                    tracker = self._router.send(data, flags, copy=False, track=True)
                 else:
                     self._router.send(part, flags, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer left; its replies have nowhere to go
             self.undeliverable += 1
             log.debug("reply not delivered (%s)", exc.strerror)
             return
-        self.budget.track(trackers, tracked_bytes)
+        self.budget.track([tracker], sum(sizes[i] for i in large))
         self.requests_served += 1
 
     def _deliver(self, job: Job, frames: list) -> None:
