@@ -19,11 +19,10 @@ not per byte (torch's ``index_select`` runs on one core). Two neighbouring pixel
 little-endian 16-bit code, index a 65536-entry table of float32 *pairs* (viewed as float64): one gather writes two
 pixels, so an 8-bit channel costs half the gathers (a band's interleaved colors are first copied to planes, where a
 pixel pair is one 16-bit code to read). The frame is cut into row bands (indices in a small scratch that stays in
-cache, then the gathers), spread over the row-band threads: ``index_select`` runs on one core, and two bands side
-by side were measured 1.05-1.4x faster per 1080p encode on the 2-core reference machine (docs/benchmarks.md).
-Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in bands too, in the caller's thread (its elementwise
-passes already use torch's threads; on the band threads it was slower): five in-place passes on cache-resident rows,
-and the rounding is float32's own (adding 2**23 rounds to the nearest integer, ties to even, exactly as
+cache, then the gathers), spread over the row-band threads, each running its torch ops on one OpenMP thread
+(:mod:`.omp_teams`: otherwise every band thread starts a team of all the cores, and two bands side by side were no
+faster than one). Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in bands on those threads too: five
+in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest integer, ties to even, exactly as
 ``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
 """
 
@@ -41,6 +40,8 @@ from rerender.bridge.buffers import row_bands
 from rerender.bridge.classes import UNKNOWN
 from rerender.bridge.colors import linear_to_srgb
 from rerender.bridge.protocol import _SRGB8_TO_LINEAR16
+
+from . import omp_teams
 
 if TYPE_CHECKING:
     from .encoding import InputEncoding
@@ -303,7 +304,9 @@ def _quantise_frame(a: torch.Tensor, out: torch.Tensor) -> None:
         low = v.view(torch.uint8)[..., ::4]  # 3 x rows x W: the low byte of every float
         torch.stack((low[0], low[1], low[2]), dim=-1, out=out[r0:r1])
 
-    run_bands(h, a.shape[-1], band, threads=False)  # elementwise passes: torch's own threads already share them
+    # Elementwise passes: on the band threads when each band gets one OpenMP thread (omp_teams), else in the
+    # caller's thread, where torch's own team shares them (oversubscribed band threads were slower).
+    run_bands(h, a.shape[-1], band, threads=omp_teams.AVAILABLE)
 
 
 # ---- row bands -----------------------------------------------------------------------------------------------
@@ -317,14 +320,14 @@ def run_bands(rows: int, width: int, work: Callable[[int, int], None], *, thread
     Why bands on threads: a band's scratch indices and output rows stay in cache between its calls, and torch's
     ``index_select`` (the gathers, most of the work) runs on one core, so bands side by side use the others."""
     step = max(8, BAND_PIXELS // max(1, width))
-    if not threads:
+    if not threads or rows <= step:  # one band: torch's own team shares its elementwise passes
         for r0 in range(0, rows, step):
             work(r0, min(r0 + step, rows))
         return
     inference = torch.is_inference_mode_enabled()  # thread-local in torch: the band threads take the caller's
 
     def in_callers_mode(r0: int, r1: int) -> None:
-        with torch.inference_mode(inference):
+        with torch.inference_mode(inference), omp_teams.single_omp_thread():  # bands side by side, one core each
             work(r0, r1)
 
     row_bands(rows, in_callers_mode, band_rows=step)
