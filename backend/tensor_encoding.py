@@ -22,8 +22,8 @@ pixel pair is one 16-bit code to read). The frame is cut into row bands (indices
 cache, then the gathers), spread over the row-band threads, each running its torch ops on one OpenMP thread
 (:mod:`.omp_teams`: otherwise every band thread starts a team of all the cores, and two bands side by side were no
 faster than one). Output quantisation (:meth:`TensorEncoder.to_uint8`) runs in bands on those threads too: five
-in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest integer, ties to even, exactly as
-``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
+in-place passes on cache-resident rows, and the rounding is float32's own (adding 2**23 rounds to the nearest
+integer, ties to even, exactly as ``np.rint``), so the 8-bit value is the low byte of the float: no cast pass.
 """
 
 from __future__ import annotations
