@@ -158,3 +158,8 @@ def test_remaining_phases_are_rescaled_to_the_time_left(tmp_path):
     rerender, finetune = trainer.steps_for("rerender"), trainer.steps_for("finetune")
     assert rerender > 120 and abs(rerender / finetune - 50 / 20) < 0.1  # the plan's proportions
     assert (rerender - 120) * 1.0 + (finetune + 1) * 2.0 + (trainer.steps_for("semantic") + 1) * 0.5 <= 300.0
+    # the last phase, become current with no time left before its first step, still gets that step (it used to be
+    # set to 0 steps under load, and the bundle's S went untrained)
+    trainer.phase_index, trainer.phase_step = trainer.phases.index("semantic"), 0
+    _fit_remaining(trainer, 0.0, planned, cost)
+    assert trainer.steps_for("semantic") == 1

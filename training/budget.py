@@ -325,9 +325,9 @@ def _fit_remaining(trainer, seconds_left: float, planned_steps: dict[str, int],
     done = trainer.phase_step
 
     def steps_at(scale: float) -> dict[str, int]:
-        # every later phase keeps at least one step (a bundle needs each network trained a little); the current
-        # one may end now
-        out = {current: max(done, math.floor(planned_steps[current] * scale))}
+        # every phase keeps at least one step (a bundle needs each network trained a little); the current one may
+        # end now once it has run a step: a phase that became current out of time still gets its one
+        out = {current: max(done, 1, math.floor(planned_steps[current] * scale))}
         out.update({p: max(1, math.floor(planned_steps[p] * scale)) for p in later})
         return out
 
