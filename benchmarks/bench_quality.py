@@ -300,16 +300,10 @@ def make_plan(data: Path, truth: Truth, seed: int) -> Plan:
     return Plan(val, train, pairs, [val[0].name, val[min(1, len(val) - 1)].name], looks)
 
 
-def _latent_standardisation(runtime: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, scale) by which the bundle's rerenderer standardises latents, or None when it does not."""
-    for module in runtime.bundle.rerenderer.modules():
-        if getattr(module, "latent_standardised", False):
-            return module.latent_mean.cpu().numpy(), module.latent_scale.cpu().numpy()
-    return None
-
-
 def evaluate_row(bundle_dir: Path, data: Path, truth: Truth, plan: Plan, fit_steps: int) -> tuple[dict, dict]:
     """All measurements of one trained row; returns (numbers, pictures for the sheet)."""
+    import torch
+
     from rerender.backend.latent_fit import fit_latent
     from rerender.backend.runtime import ModelRuntime
     from rerender.training.data import load_view
@@ -373,17 +367,19 @@ def evaluate_row(bundle_dir: Path, data: Path, truth: Truth, plan: Plan, fit_ste
     # nearest neighbour of each photo's latent, against the true appearance kind
     names = list(latents)
     kinds = [truth.kind(n) for n in names]
-    hits = nearest_is_same_kind(np.stack([latents[n] for n in names]), kinds)
+    z = np.stack([latents[n] for n in names])
+    hits = nearest_is_same_kind(z, kinds)
     result["latent_nn"] = {"photos": len(names), "accuracy": float(np.mean(hits)),
                            "per_kind": {k: float(np.mean([h for h, kk in zip(hits, kinds) if kk == k]))
                                         for k in KINDS if k in kinds},
                            "chance_majority": float(max(kinds.count(k) for k in set(kinds)) / len(kinds))}
     # Beside it, a diagnostic (not the headline): the same test in the coordinates R reads the latent in, when R
     # standardises it; and the latents themselves, so other distances can be tried on a finished run.
-    scale = _latent_standardisation(runtime)
-    if scale is not None:
-        z = (np.stack([latents[n] for n in names]) - scale[0]) / scale[1]
-        result["latent_nn"]["accuracy_in_r_coordinates"] = float(np.mean(nearest_is_same_kind(z, kinds)))
+    rerenderer = runtime.bundle.rerenderer
+    if rerenderer.latent_standardised:
+        with torch.no_grad():
+            in_r = rerenderer.standardised(torch.from_numpy(z)).numpy()  # the runtime is on the CPU
+        result["latent_nn"]["accuracy_in_r_coordinates"] = float(np.mean(nearest_is_same_kind(in_r, kinds)))
     result["latents"] = {n: [float(x) for x in latents[n]] for n in names}
     result["kinds"] = dict(zip(names, kinds))
     # the sheet: held-out views under one photo of each kind

@@ -132,9 +132,16 @@ class UNet(nn.Module):
         spread = latents.std(0) if latents.shape[0] > 1 else torch.ones_like(self.latent_scale)
         self.latent_scale.copy_(spread.clamp_min(1e-3))
 
+    def standardised(self, latent: torch.Tensor) -> torch.Tensor:
+        """``latent`` (N x latent_size) in the coordinates the network reads it in: standardised by the stored
+        statistics when the network standardises latents, else unchanged."""
+        if not self.latent_standardised:
+            return latent
+        return (latent - self.latent_mean.to(latent.dtype)) / self.latent_scale.to(latent.dtype)
+
     def run(self, x: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
-        if self.latent_standardised and latent is not None:
-            latent = (latent - self.latent_mean.to(latent.dtype)) / self.latent_scale.to(latent.dtype)
+        if latent is not None:
+            latent = self.standardised(latent)
         h = self.from_input(x)
         skips = [h]
         for stage in self.down:
