@@ -17,7 +17,7 @@ from rerender.training.synthetic import (
     PhotoCamera, SceneSpec, blender_matrix_world, camera_path, key_points, load_collection, make_camera,
     plan_collection, project,
 )
-from rerender.training.synthetic.sampling import appearance_schedule
+from rerender.training.synthetic.sampling import VISIT_JITTER_DEG, appearance_schedule, sun_visits
 
 BUILDING = DEFAULT_CLASSES.id_of("building")
 SKY = DEFAULT_CLASSES.id_of("sky")
@@ -56,6 +56,31 @@ def test_appearance_schedule_has_night_and_daylight():
     assert kinds.count("day") >= 8 and "sunset" in kinds and "overcast" in kinds
     tiny = appearance_schedule(4, seed=0)
     assert tiny.count("night") == 1 and tiny[0] != "night"
+
+
+def test_sunny_photos_share_their_visits_sun_and_the_sun_outshines_the_sky():
+    """Shadows must agree between photos of one visit (SfM matches across them) and a day must read as a day."""
+    seed = 5
+    visits = sun_visits(seed)
+    info = plan_collection(60, width=W, height=H, seed=seed)
+    used = set()
+    d_az, d_el = VISIT_JITTER_DEG
+    for kind in ("day", "sunset"):
+        photos = [a for a in info.appearances.values() if a.kind == kind]
+        assert photos
+        for a in photos:
+            near = [k for k, (el, az) in enumerate(visits[kind])
+                    if abs((a.sun_azimuth_deg - az + 180.0) % 360.0 - 180.0) <= d_az + 1e-9
+                    and abs(a.sun_elevation_deg - el) <= d_el + 1e-9]
+            assert near, f"{kind} sun at {a.sun_elevation_deg:.1f}/{a.sun_azimuth_deg:.1f} is in no visit {visits}"
+            used.update((kind, k) for k in near)
+            if kind == "day":
+                assert a.sun_strength >= 80.0 * a.sky_strength
+    assert {("day", k) for k in range(len(visits["day"]))} <= used  # every sunny visit has photos
+    assert sun_visits(seed) == visits and sun_visits(seed + 1) != visits
+    overcast = [a for a in info.appearances.values() if a.kind == "overcast"]
+    assert overcast and max(a.sun_strength for a in overcast) < 0.2 * min(
+        a.sun_strength for a in info.appearances.values() if a.kind == "day")
 
 
 def test_projection_and_blender_matrix_agree():

@@ -21,6 +21,12 @@ FOCAL_RANGE_MM = (22.0, 45.0)
 ROLL_STD_DEG = 1.5
 MIN_VIEW_WIDTH_M = 20.0
 EXPOSURE_RANGE_EV = 0.6
+# Sunny photos come from a few visits, as a real collection's do (tourists come at the hours the place is open): a
+# visit is one sun position, and its photos share their shadows within a few degrees. Sun directions drawn
+# independently per photo move every shadow between any two photos, and with the sun strong enough for a day to
+# read as a day, SfM then registered 27 of the demo's 36 photos instead of 34 (docs/synthetic.md).
+DAY_VISITS = ((215.0, 240.0), (255.0, 285.0), (300.0, 325.0))  # sun azimuth ranges: morning, midday, afternoon
+VISIT_JITTER_DEG = (4.0, 3.0)  # azimuth, elevation spread of the photos of one visit
 
 
 def photo_rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -71,7 +77,26 @@ def appearance_schedule(count: int, seed: int) -> list[str]:
     return shuffled
 
 
+def sun_visits(seed: int) -> dict[str, list[tuple[float, float]]]:
+    """(elevation, azimuth) of each sunny visit and of the sunset visit of a collection, from its seed."""
+    rng = np.random.default_rng([int(seed), 11])
+    day = [(float(rng.uniform(28.0, 55.0)), float(rng.uniform(*az))) for az in DAY_VISITS]
+    sunset = [(float(rng.uniform(4.0, 7.0)), float(rng.uniform(200.0, 340.0)))]
+    return {"day": day, "sunset": sunset}
+
+
+def _visit_sun(rng: np.random.Generator, visits: list[tuple[float, float]],
+               elevation_range: tuple[float, float]) -> tuple[float, float]:
+    """One photo's sun: a visit's position, moved by the minutes between this photo and the visit's others."""
+    elevation, azimuth = visits[int(rng.integers(len(visits)))]
+    d_az, d_el = (float(rng.uniform(-j, j)) for j in VISIT_JITTER_DEG)
+    return float(np.clip(elevation + d_el, *elevation_range)), (azimuth + d_az) % 360.0
+
+
 def sample_appearance(seed: int, index: int, kind: str) -> PhotoConditions:
+    """One photo's light. A day has the sun about 20x the sky's fill (3.5-5 W/m^2 against a sky at 0.02-0.04), as
+    a clear day's direct sun outshines its skylight: with a weaker sun a sunny photo of a shaded facade was the
+    same flat picture as an overcast one, to a viewer and to any latent (docs/synthetic.md)."""
     rng = photo_rng(seed, index, 1)
     u = rng.uniform
     exposure = float(np.clip(rng.normal(0.0, 0.3), -EXPOSURE_RANGE_EV, EXPOSURE_RANGE_EV))
@@ -85,12 +110,15 @@ def sample_appearance(seed: int, index: int, kind: str) -> PhotoConditions:
                   lamp_color=[1.0, float(u(0.62, 0.78)), float(u(0.35, 0.5))])
     if kind == "day":
         warm = u(0.0, 0.08)
-        a = dict(sun_elevation_deg=u(20.0, 58.0), sun_azimuth_deg=azimuth, sun_strength=u(2.2, 3.2),
-                 sun_color=[1.0, 1.0 - warm, 1.0 - 2 * warm], sun_angle_deg=0.6, sky_strength=u(0.08, 0.15),
+        elevation, azimuth = _visit_sun(rng, sun_visits(seed)["day"], (20.0, 60.0))
+        a = dict(sun_elevation_deg=elevation, sun_azimuth_deg=azimuth, sun_strength=u(3.5, 5.0),
+                 sun_color=[1.0, 1.0 - warm, 1.0 - 2 * warm], sun_angle_deg=0.6, sky_strength=u(0.02, 0.04),
                  cloud_cover=u(0.0, 0.35), cloud_color=[0.8, 0.82, 0.85], night_lights=0.0,
                  fog_color=[0.78, 0.8, 0.83])
+        common["aerosol_density"] = float(u(0.3, 1.2))  # a clear day: the sky stays blue
     elif kind == "sunset":
-        a = dict(sun_elevation_deg=u(2.0, 9.0), sun_azimuth_deg=azimuth, sun_strength=u(2.0, 3.0),
+        elevation, azimuth = _visit_sun(rng, sun_visits(seed)["sunset"], (2.0, 9.0))
+        a = dict(sun_elevation_deg=elevation, sun_azimuth_deg=azimuth, sun_strength=u(2.0, 3.0),
                  sun_color=[1.0, u(0.5, 0.68), u(0.25, 0.4)], sun_angle_deg=1.0, sky_strength=u(0.15, 0.3),
                  cloud_cover=u(0.0, 0.3), cloud_color=[0.9, 0.65, 0.5], night_lights=float(u(0.0, 0.3)),
                  fog_color=[0.85, 0.7, 0.6])
