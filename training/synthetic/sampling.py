@@ -81,7 +81,9 @@ def sun_visits(seed: int) -> dict[str, list[tuple[float, float]]]:
     """(elevation, azimuth) of each sunny visit and of the sunset visit of a collection, from its seed."""
     rng = np.random.default_rng([int(seed), 11])
     day = [(float(rng.uniform(28.0, 55.0)), float(rng.uniform(*az))) for az in DAY_VISITS]
-    sunset = [(float(rng.uniform(4.0, 7.0)), float(rng.uniform(200.0, 340.0)))]
+    # The golden hour's photo is of the lit facade: a sunset visit with the sun behind the landmark gave facades in
+    # shade under a warm bright sky, the picture of an overcast day with a warm white balance.
+    sunset = [(float(rng.uniform(4.0, 7.0)), float(rng.uniform(235.0, 305.0)))]
     return {"day": day, "sunset": sunset}
 
 
