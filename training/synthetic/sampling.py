@@ -96,9 +96,9 @@ def _visit_sun(rng: np.random.Generator, visits: list[tuple[float, float]],
 
 
 def sample_appearance(seed: int, index: int, kind: str) -> PhotoConditions:
-    """One photo's light. A day has the sun about 20x the sky's fill (3.5-5 W/m^2 against a sky at 0.02-0.04), as
-    a clear day's direct sun outshines its skylight: with a weaker sun a sunny photo of a shaded facade was the
-    same flat picture as an overcast one, to a viewer and to any latent (docs/synthetic.md)."""
+    """One photo's light. A day's sun is 3.5-5 W/m^2 against a sky fill of 0.02-0.04 (a quarter of the first
+    generator's), as a clear day's direct sun outshines its skylight: with a weaker sun, a sunny photo of a shaded
+    facade was the same flat picture as an overcast one, to a viewer and to the latents (docs/synthetic.md)."""
     rng = photo_rng(seed, index, 1)
     u = rng.uniform
     exposure = float(np.clip(rng.normal(0.0, 0.3), -EXPOSURE_RANGE_EV, EXPOSURE_RANGE_EV))
