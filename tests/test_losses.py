@@ -101,6 +101,27 @@ def test_triplet_loss_zero_when_separated_by_margin():
     assert losses.triplet_loss(anchor, positive, negative, margin=0.1).item() == pytest.approx(0.06)
 
 
+def test_log_ratio_loss_is_zero_for_any_scaled_copy_of_the_distance_and_teaches_its_ordering():
+    torch.manual_seed(0)
+    target_points = torch.randn(6, 8)
+    target = ((target_points[:, None] - target_points[None]) ** 2).sum(-1)
+    # latents whose distances are the target's times any factor: nothing to learn
+    assert losses.log_ratio_loss(target_points * 7.0, target).item() == pytest.approx(0.0, abs=1e-6)
+    # latents in the wrong places: a positive loss, and gradient steps move them towards the target's ordering
+    z = torch.randn(6, 8, requires_grad=True)
+    first = losses.log_ratio_loss(z, target).item()
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        losses.log_ratio_loss(z, target).backward()
+        opt.step()
+    assert first > 0.1 and losses.log_ratio_loss(z, target).item() < 0.1 * first
+    with torch.no_grad():
+        dz = ((z[:, None] - z[None]) ** 2).sum(-1) + torch.eye(6) * 1e9
+    assert (dz.argmin(1) == (target + torch.eye(6) * 1e9).argmin(1)).all()  # every nearest neighbour kept
+    assert losses.log_ratio_loss(z[:2], target[:2, :2]).item() == 0.0  # fewer than 3: no pair to compare
+
+
 def test_lsgan_known_values():
     ones, zeros = [torch.ones(2, 1, 4, 4)] * 2, [torch.zeros(2, 1, 4, 4)] * 2
     assert losses.lsgan_d_loss(ones, zeros).item() == 0.0  # perfect discriminator, 2 scales

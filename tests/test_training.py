@@ -125,6 +125,18 @@ def test_one_step_changes_only_the_trained_networks(dataset, tmp_path, vgg, meth
     assert _changed(before, _snapshot(trainer)) == PHASE_MOVES[(method, phase)]
 
 
+def test_stage_one_with_the_log_ratio_term_logs_it_and_moves_only_the_encoder(dataset, tmp_path, vgg):
+    cfg = TrainConfig.tiny(w_log_ratio=1.0, log_every=1, checkpoint_every=1000, validate_every=1000)
+    trainer = Trainer(dataset, tmp_path / "run", cfg, vgg=vgg, progress=False)
+    trainer.phase_index = trainer.phases.index("appearance")
+    before = _snapshot(trainer)
+    trainer.run(max_steps=2)
+    assert _changed(before, _snapshot(trainer)) == {"E"}
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    ratios = [r["log_ratio"] for r in logged if "log_ratio" in r]
+    assert ratios and all(np.isfinite(ratios)) and max(ratios) > 0
+
+
 def test_stage_two_alone_needs_stage_one(dataset, tmp_path, vgg):
     with pytest.raises(TrainingError, match="--stage 1"):
         Trainer(dataset, tmp_path / "run", TrainConfig.tiny(), stage="2", vgg=vgg, progress=False)

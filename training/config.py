@@ -72,6 +72,9 @@ class TrainConfig:
     # "random": the negative is drawn among the k_far farthest (the paper); "hard": of those, the one whose latent
     # is nearest the anchor's now, so the loss keeps teaching after the easy triplets are met (FaceNet's mining)
     triplet_mining: str = "random"
+    # weight of losses.log_ratio_loss beside the triplet loss: the latents keep the appearance distance's ordering
+    # over every pair of photos in a stage-1 batch, not only nearest-against-far; 0 = the paper's triplet alone
+    w_log_ratio: float = 0.0
     style_size: int = 256  # central crop the style distance is computed on
     # weight of the colour-histogram distance added to the Gram distance that ranks stage 1's triplets
     # (losses.appearance_distances; both normalised by their median); 0 = the paper's Gram distance alone
@@ -129,6 +132,8 @@ class TrainConfig:
             raise ConfigError(f"triplet_mining must be 'random' or 'hard', got {self.triplet_mining!r}")
         if not 0.0 <= self.triplet_relative_margin < 2.0:
             raise ConfigError(f"triplet_relative_margin must be in [0, 2), got {self.triplet_relative_margin}")
+        if self.w_log_ratio < 0:
+            raise ConfigError(f"w_log_ratio must be >= 0 (0 = the triplet loss alone), got {self.w_log_ratio}")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "TrainConfig":

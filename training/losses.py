@@ -134,6 +134,29 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return F.relu(d_pos - d_neg + m).mean()
 
 
+def log_ratio_loss(latents: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Log-ratio loss (Kim et al., "Deep Metric Learning Beyond Binary Supervision", CVPR 2019): for every anchor a
+    and every pair (i, j) of other items, (log |za - zi|^2 / |za - zj|^2  -  log D_ai / D_aj)^2, averaged.
+
+    ``latents`` is N x L, ``target`` the N x N appearance distances between the same N photos. Why beside the
+    triplet loss: a triplet only says the one nearest photo is nearer than one far photo, so the photos between
+    (a day photo's overcast neighbours, say) are never placed; the log ratios ask the latents to keep the
+    distance's whole ordering, from every pair in the batch, and do not depend on the latents' overall scale.
+    """
+    n = latents.shape[0]
+    if n < 3:
+        return latents.new_zeros(())
+    z = latents.float()
+    dz = ((z[:, None] - z[None]) ** 2).sum(-1)
+    log_z = torch.log(dz + eps)
+    log_t = torch.log(target.to(z).clamp(min=0.0) + eps)
+    # every (a, i, j) with i, j != a and i != j: the difference of log distances from a
+    diff = (log_z[:, :, None] - log_z[:, None, :]) - (log_t[:, :, None] - log_t[:, None, :])
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    valid = ~(eye[:, :, None] | eye[:, None, :] | eye[None, :, :])
+    return (diff[valid] ** 2).mean()
+
+
 def lsgan_d_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """Discriminator LSGAN loss: mean (D(real) - 1)^2 + mean D(fake)^2, summed over scales."""
     total = real_logits[0].new_zeros((), dtype=torch.float32)

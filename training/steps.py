@@ -198,10 +198,19 @@ class PhaseSteps:
             zo = self._encode(self.E, photo_o, x_o)[0]
             loss = losses.triplet_loss(za, zo[:n], zo[n:], self.config.triplet_margin,
                                        relative=self.config.triplet_relative_margin)
+            parts = {"triplet": float(loss.detach())}
+            if self.config.w_log_ratio > 0:
+                # each photo once: two windows of one photo are apart in latent space but at distance 0
+                order = [int(i) for i in batch["index"]] + pos + neg
+                first = sorted({i: k for k, i in reversed(list(enumerate(order)))}.values())
+                idx = torch.tensor([order[k] for k in first])
+                ratio = losses.log_ratio_loss(torch.cat([za, zo])[first], self.style_distances[idx][:, idx])
+                loss = loss + self.config.w_log_ratio * ratio
+                parts["log_ratio"] = float(ratio.detach())
         self._remember_latents([int(i) for i in batch["index"]] + pos + neg, torch.cat([za, zo]))
         self._update(loss, ("E",), (self.E,))
         self.ema_E.update(self.E)
-        return {"triplet": float(loss.detach())}
+        return parts
 
     def step_finetune(self, batch: dict[str, Any]) -> dict[str, float]:
         """Stage 3: the rerender step with Ea trained too, at its lower learning rate."""
