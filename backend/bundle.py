@@ -74,6 +74,9 @@ class BundleConfig:
     # R standardises the latent by the training collection's per-dimension mean and spread before it enters the
     # network (UNet.latent_mean / latent_scale, set by training); False in config.json files written before it
     latent_standardised: bool = False
+    # the encoder's heads also read the photo's global colour statistics (networks/encoder.py); False in config.json
+    # files written before it, whose encoders have no such inputs
+    encoder_colour_statistics: bool = False
     classes: ClassTable = field(default_factory=lambda: DEFAULT_CLASSES)
     encoding: InputEncoding | None = None  # None -> derived from `classes` with default depth range
     training_resolution: tuple[int, int] = (512, 512)  # (H, W) of the training views (crops are smaller)

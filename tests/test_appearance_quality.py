@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from rerender.backend.bundle import Bundle, BundleConfig, BundleError, init_bundle
 from rerender.backend.latent_fit import fit_latent
 from rerender.backend.networks import FiLM, Rerenderer
+from rerender.backend.networks.encoder import COLOUR_STATISTICS, photo_colour_statistics
 from rerender.backend.runtime import ModelRuntime
 from rerender.training import losses
 from rerender.training.config import ConfigError, TrainConfig
@@ -123,6 +124,44 @@ def test_a_bundle_made_before_film_existed_loads_and_renders_as_before(tmp_path)
     z = torch.from_numpy(old.gallery[1].latent)[None]
     with torch.no_grad():
         assert torch.equal(old.rerenderer(x, z), made.rerenderer(x, z))
+
+
+# ---- the encoder's colour statistics --------------------------------------------------------------------------------
+
+def test_colour_statistics_are_each_channels_mean_spread_and_histogram():
+    grey = torch.zeros(1, 3, 8, 8)  # 0 in [-1, 1] is mid grey: every pixel in bin 4 of 8
+    half = torch.cat([-torch.ones(1, 3, 4, 8), torch.ones(1, 3, 4, 8)], dim=2)  # half black, half white
+    s = photo_colour_statistics(torch.cat([grey, half]))
+    assert s.shape == (2, COLOUR_STATISTICS)
+    mean, std, hist = s[:, :3] / 4 + 0.5, s[:, 3:6] / 4, (s[:, 6:] / 2).reshape(2, 3, -1) ** 2
+    torch.testing.assert_close(mean, torch.full((2, 3), 0.5))
+    torch.testing.assert_close(std, torch.tensor([[0.0] * 3, [0.5] * 3]))
+    torch.testing.assert_close(hist.sum(-1), torch.ones(2, 3))
+    assert torch.all(hist[0, :, 4] == 1.0)
+    torch.testing.assert_close(hist[1, :, [0, 7]], torch.full((3, 2), 0.5))
+    warm = grey.clone()
+    warm[:, 0] += 0.5
+    assert not torch.allclose(photo_colour_statistics(warm), s[:1])  # a colour cast is seen
+
+
+def test_a_trained_encoder_reads_the_colour_statistics_and_an_old_bundle_encodes_without_them(trained, tmp_path):
+    _, bundle_dir = trained
+    new = Bundle.load(bundle_dir)
+    assert new.config.encoder_colour_statistics and new.encoder.colour_statistics
+    pooled = new.encoder.blocks[-1].shortcut[1].weight.shape[0]
+    assert new.encoder.mean.weight.shape[1] == pooled + COLOUR_STATISTICS
+    # a config.json written before the option has no such field: the heads read the pooled features alone
+    made = init_bundle(tmp_path / "old", **SIZES, seed=3)
+    cfg_path = tmp_path / "old" / "config.json"
+    raw = json.loads(cfg_path.read_text())
+    del raw["encoder_colour_statistics"]
+    cfg_path.write_text(json.dumps(raw))
+    old = Bundle.load(tmp_path / "old")
+    assert not old.config.encoder_colour_statistics and not old.encoder.colour_statistics
+    assert old.encoder.mean.weight.shape[1] == old.encoder.blocks[-1].shortcut[1].weight.shape[0]
+    x = torch.randn(2, old.encoder.in_channels, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(old.encoder.latent(x), made.encoder.latent(x))
 
 
 # ---- latent fitting -------------------------------------------------------------------------------------------------

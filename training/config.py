@@ -111,6 +111,9 @@ class TrainConfig:
     # staged method: standardise the latent inside R by the training photos' latents after stage 1
     # (BundleConfig.latent_standardised; docs/training.md)
     standardise_latent: bool = True
+    # the appearance encoder also reads the photo's global colour statistics (backend/networks/encoder.py,
+    # BundleConfig.encoder_colour_statistics; docs/training.md has the A/B)
+    encoder_colour_statistics: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -58,8 +58,9 @@ def bundle_config_for(method: str, config: TrainConfig, dataset: AlignedDataset,
     conditioning = net.pop("appearance_conditioning", config.appearance_conditioning) if latent else "concat"
     standardised = bool(latent and net.pop("latent_standardised", config.standardise_latent) and "appearance" in
                         m.phase_names)
+    colour_statistics = bool(latent and net.pop("encoder_colour_statistics", config.encoder_colour_statistics))
     return BundleConfig(name=name, latent_size=latent, appearance_conditioning=conditioning,
-                        latent_standardised=standardised,
+                        latent_standardised=standardised, encoder_colour_statistics=colour_statistics,
                         use_semantics=m.semantics, classes=dataset.classes, encoding=encoding,
                         training_resolution=(config.load_size, config.load_size), **net)
 

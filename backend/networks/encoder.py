@@ -6,6 +6,12 @@ global average pool, two linear heads (mean, log-variance) of the latent length.
 
 Seeing the deep buffer next to the photo lets Ea explain away what the viewpoint and the semantics already say,
 so the latent holds appearance (light, weather, season) rather than geometry.
+
+With ``encoder_colour_statistics`` (bundles trained since it exists), the heads also read the photo's global colour
+statistics (per-channel mean, spread and 8-bin histogram). Why: most of a look is its colours, and a small
+convolutional encoder whose every block starts with pixel norm (which divides out each pixel's brightness) has to
+rebuild them from scratch, while a colour histogram alone already finds a photo of the same kind of light for ~90 %
+of the generated collection's photos. Measured in docs/training.md (stage 1 alone, four seeds).
 """
 
 from __future__ import annotations
@@ -34,6 +40,27 @@ class ResidualDownBlock(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
+#: histogram bins per colour channel of ``photo_colour_statistics``
+COLOUR_BINS = 8
+#: length of ``photo_colour_statistics``: mean and spread of each channel, and each channel's histogram
+COLOUR_STATISTICS = 6 + 3 * COLOUR_BINS
+
+
+def photo_colour_statistics(photo: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W photos in [-1, 1] -> N x COLOUR_STATISTICS: per channel the mean, the standard deviation and
+    the square roots of the histogram's fractions (so Euclidean distances between them are Hellinger distances).
+
+    Each part is scaled to a spread of about one between photos, like the pooled features beside it. The
+    histogram is not differentiable in the photo, which nothing needs (latent fitting optimises the latent).
+    """
+    p = ((photo.float() + 1.0) * 0.5).clamp(0.0, 1.0).flatten(2)
+    mean, std = p.mean(-1), p.std(-1, correction=0)
+    cells = (p * COLOUR_BINS).long().clamp_(max=COLOUR_BINS - 1)
+    hist = torch.zeros(p.shape[0], 3, COLOUR_BINS, device=p.device).scatter_add_(2, cells, torch.ones_like(p))
+    hist = (hist / p.shape[-1]).sqrt().flatten(1)
+    return torch.cat([(mean - 0.5) * 4.0, std * 4.0, hist * 2.0], dim=1)
+
+
 class AppearanceEncoder(nn.Module):
     """Ea(I, B) -> (mean, logvar), each N x L."""
 
@@ -55,8 +82,11 @@ class AppearanceEncoder(nn.Module):
         self.blocks = nn.Sequential(*(ResidualDownBlock(widths[i], widths[i + 1])
                                       for i in range(config.encoder_blocks)))
         self.head_activation = nn.LeakyReLU(LEAKY_SLOPE)
-        self.mean = EqualizedLinear(widths[-1], latent, gain=1.0)
-        self.logvar = EqualizedLinear(widths[-1], latent, gain=1.0)
+        # False for bundles made before the option existed (their heads read the pooled features alone)
+        self.colour_statistics = bool(getattr(config, "encoder_colour_statistics", False))
+        head_in = widths[-1] + (COLOUR_STATISTICS if self.colour_statistics else 0)
+        self.mean = EqualizedLinear(head_in, latent, gain=1.0)
+        self.logvar = EqualizedLinear(head_in, latent, gain=1.0)
         self.min_side = 2 ** (config.encoder_blocks + 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +99,8 @@ class AppearanceEncoder(nn.Module):
                              f"got {tuple(x.shape[-2:])}")
         h = self.head_activation(self.blocks(self.stem(x)))
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        if self.colour_statistics:
+            h = torch.cat([h, photo_colour_statistics(x[:, :3]).to(h.dtype)], dim=1)
         return self.mean(h), self.logvar(h)
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
