@@ -79,8 +79,11 @@ def shot(addon, photo_path):
 
 
 def wait_for_first_request(state, timeout: float = 60.0) -> None:
+    from rerender.addon import photo_match
+
     deadline = time.monotonic() + timeout
     while state.progress is None:
+        assert photo_match.jobs.running, f"the match ended before its first link: {photo_match.jobs.deliver()}"
         assert time.monotonic() < deadline, "the match never reported progress"
         time.sleep(0.02)
 
@@ -166,7 +169,8 @@ def test_a_backend_gone_mid_match_changes_nothing_already_stored(shot, trained, 
         with BackendProcess(trained[1], free_tcp_address()) as proc:
             prefs.address, prefs.timeout = proc.address, 3.0
             for name in ("kept", "new"):
-                state = appearance.match_photo_async(shot, photo_path, name, steps=400, chunk=20, max_side=W,
+                # links of 5 steps: each answers well inside the 3 s timeout on a loaded 2-core machine
+                state = appearance.match_photo_async(shot, photo_path, name, steps=400, chunk=5, max_side=W,
                                                      link_seconds=None)
                 wait_for_first_request(state)
                 proc.kill()
