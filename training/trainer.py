@@ -36,6 +36,7 @@ from .discriminator import MultiscaleDiscriminator
 from .distributed import DistContext, all_reduce_mean, barrier, broadcast_parameters
 from .features import feature_scale_for, layer_weights_for, load_features
 from .loader import BatchIterator
+from .numerics import flush_denormals
 from .phases import DEFAULT_METHOD, METHOD_TABLE, TrainingError, phases_for, steps_field
 from .phases import method as method_of
 from .steps import PhaseSteps
@@ -102,6 +103,7 @@ class Trainer(PhaseSteps):
                  vgg: VGG19Features | None = None, progress: bool = True):
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
+        flush_denormals()  # the segmenter features' subnormals: 1.8x a CPU step (training/numerics.py)
         self.config, self.method, self.out = config, method, Path(out)
         self.phases = phases_for(method, stage)  # TrainingError for an unknown method or stage
         self.progress = progress and self.ctx.is_main
