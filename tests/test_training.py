@@ -137,15 +137,25 @@ def test_stage_one_with_the_log_ratio_term_logs_it_and_moves_only_the_encoder(da
     assert ratios and all(np.isfinite(ratios)) and max(ratios) > 0
 
 
-def test_a_trainer_flushes_subnormal_floats_on_the_cpu(dataset, tmp_path, vgg):
+def test_training_steps_flush_subnormal_floats_and_leave_them_kept_after(dataset, tmp_path, vgg):
+    from rerender.training import numerics
+
     subnormal = torch.tensor([1e-40], dtype=torch.float32)
-    torch.set_flush_denormal(False)
-    try:
-        assert float(subnormal * 1.5) > 0  # kept: the slow path the segmenter features fell into
-        Trainer(dataset, tmp_path / "run", TrainConfig.tiny(), vgg=vgg, progress=False)
-        assert float(subnormal * 1.5) == 0.0
-    finally:
-        torch.set_flush_denormal(True)
+    seen = []
+    step = Trainer.step_appearance
+
+    def spy(self, batch):  # records the CPU mode inside a real training step
+        seen.append(float(subnormal * 1.5))
+        return step(self, batch)
+
+    trainer = Trainer(dataset, tmp_path / "run", TrainConfig.tiny(), vgg=vgg, progress=False)
+    trainer.step_appearance = spy.__get__(trainer)
+    trainer.run(max_steps=1)
+    assert seen == [0.0]  # flushed inside the step
+    assert float(subnormal * 1.5) > 0  # kept again afterwards, torch's default
+    with numerics.subnormals_flushed() as flushed:
+        assert not flushed or float(subnormal * 1.5) == 0.0
+    assert float(subnormal * 1.5) > 0
 
 
 def test_stage_two_alone_needs_stage_one(dataset, tmp_path, vgg):

@@ -55,9 +55,6 @@ def choose_segmenter(weights: str | Path | None = None, *, segmenter: str = "aut
 def load_segmenter(weights: str | Path | None = None, *, checkpoint: str = "auto", max_side: int = 512,
                    device: str = "cpu", sha256: str | None = None) -> Segmenter:
     """The segmenter ``choose_segmenter`` picks (imports torch lazily so paths without segmentation stay light)."""
-    from ..numerics import flush_denormals
-
-    flush_denormals()  # ESPNet's subnormal activations: 4.5x its CPU forward pass (training/numerics.py)
     key, why = choose_segmenter(weights, segmenter=checkpoint, sha256=sha256)
     if key != ADE20K and checkpoint == "auto" and weights is None:
         log.warning("segmenter: %s", why)
