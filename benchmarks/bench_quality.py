@@ -10,7 +10,8 @@ What it does (numbers of one run are comparable with each other):
 2. trains every compared configuration ("row") with the same budget of *process CPU time* (``time.process_time``,
    one torch thread): ``--budget-minutes`` of wall clock on this machine, ``--jobs`` rows at a time in their own
    processes, is ``budget x jobs / rows`` CPU-seconds per row, and other jobs on a shared machine slow a row's
-   wall clock but not its share of work. A staged row splits its budget over stage 1 / 2 / 3 (``--split``); the
+   wall clock; heavy ones (a test run with Blender beside it) also cut its steps per CPU-second by up to half,
+   so compare the step counts of rows that did not run side by side. A staged row splits its budget over stage 1 / 2 / 3 (``--split``); the
    semantic predictor is not trained (every evaluation below uses the true segmentation as the label pass);
 3. evaluates every row on the held-out views against the truth the generator renders:
    - appearance transfer: view A under photo B's look (B of another kind than A where possible) vs the true render
