@@ -1,9 +1,10 @@
-"""The CPU floating-point mode of processes that train or segment.
+"""The CPU floating-point mode of training steps (every ``Trainer.run``).
 
 Why: the segmenter's trained weights (ESPNet, the fallback feature network of the perceptual loss and the style
-distance, and the dataset's segmenter) produce activations and gradients in the subnormal range, which x86 CPUs
+distance) produce activations and gradients in the subnormal range, which x86 CPUs
 compute in slow microcode. Measured on one thread (docs/benchmarks.md): its forward pass 4.5x and forward +
-backward 3.8x faster with subnormals flushed to zero, a CPU training step of the quality benchmark 1.8x. Values
+backward 3.8x faster with subnormals flushed to zero, a CPU training step of the quality benchmark 1.7x. The dataset's segmenter
+(inference, outside a Trainer) does not use it yet. Values
 below ~1e-38 change no loss and no picture. GPU kernels flush them already.
 
 Scoped, not set once for the process: a test process or an add-on shares its thread with Blender, whose own code
