@@ -70,6 +70,32 @@ def test_sacre_coeur_is_mostly_sky_and_building(shared_dir, segmenter):
     assert road_car < 0.1
 
 
+def test_segmenting_flushes_subnormal_floats_and_keeps_the_labels(shared_dir, segmenter):
+    """The real network labels inside the flushed mode (x86's subnormal microcode is several times slower), gives
+    the labels it gives with subnormals kept, and the thread's mode is torch's default again afterwards."""
+    with Image.open(shared_dir / "data" / "sacre_coeur" / "sacre_coeur_A.jpg") as im:
+        im.thumbnail((320, 320))
+        photo = np.asarray(im.convert("RGB"))
+    subnormal = torch.tensor([1e-40], dtype=torch.float32)
+    seen = []
+    predict = segmenter._predict
+
+    def spy(image):
+        seen.append(float(subnormal * 1.5))
+        return predict(image)
+
+    kept = predict(photo)
+    segmenter._predict = spy
+    try:
+        flushed = segmenter.segment(photo)
+    finally:
+        del segmenter._predict
+    if torch.set_flush_denormal(False):  # a CPU that can flush at all (x86 with SSE3)
+        assert seen == [0.0]
+    assert float(subnormal * 1.5) > 0, "the mode is restored after segment()"
+    assert (flushed == kept).mean() > 0.999
+
+
 def test_bad_photo_input_is_refused(segmenter):
     with pytest.raises(SegmentationError, match="uint8 H x W x 3"):
         segmenter.segment(np.zeros((32, 32), np.uint8))
