@@ -113,16 +113,16 @@ def prepare_data(data: Path, photos: int, val: int, quality: str, seed: int) -> 
 
 
 def base_config(args: argparse.Namespace):
-    from rerender.training.config import SHORT_BUDGET
+    from rerender.training.config import SHORT_BUDGET, short_budget_triplets
 
     values: dict[str, Any] = dict(SHORT_BUDGET)
     # Triplets: the nearest photo is the positive, a negative is drawn from the 25 farthest of the 40 training photos
-    # (hard: the one whose latent is nearest). With the 10 farthest, a day photo's negatives were always night and
-    # sunset photos, never the overcast ones its latent had to be told apart from (docs/training.md).
+    # (hard: the one whose latent is nearest); the demo uses the same rule.
+    values.update(short_budget_triplets(args.photos - args.val))
     values.update(
         load_size=128, crop_size=96, batch_size=4, num_workers=0, cache_views=True, style_size=128,
         steps_stage1=10 ** 6, steps_stage2=10 ** 6, steps_stage3=10 ** 6, steps_semantic=0, steps_baseline=10 ** 6,
-        checkpoint_every=10 ** 9, validate_every=10 ** 9, log_every=25, triplet_k_near=1, triplet_k_far=25,
+        checkpoint_every=10 ** 9, validate_every=10 ** 9, log_every=25,
         d_scales=2, d_channels=16, vgg_width_divisor=4,
         segmenter_weights=args.segmenter_weights, seed=args.seed,
         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16, "encoder_blocks": 3})

@@ -39,6 +39,27 @@ def test_presets_are_consistent():
         preset("huge")
 
 
+def test_training_gets_at_least_as_long_as_every_other_stage_together():
+    small = PRESETS["small"]
+    assert small.train_budget(250.0) == small.train_seconds, "a quick machine keeps the preset's budget"
+    slow_photos = 400.0
+    budget = small.train_budget(slow_photos)
+    assert budget > small.train_seconds
+    assert budget >= slow_photos + small.after_train_seconds, "training is at least half of the run"
+
+
+def test_short_training_draws_negatives_from_most_of_the_collection(tmp_path):
+    from rerender.training.config import short_budget_triplets
+
+    assert short_budget_triplets(40) == {"triplet_k_near": 1, "triplet_k_far": 25}  # the quality benchmark's
+    demo = Demo(DemoOptions(out=tmp_path, preset=PRESETS["small"]), echo=lambda s: None)
+    demo.result.summary["dataset"] = {"train": 32}
+    config = demo.train_config()
+    assert (config.triplet_k_near, config.triplet_k_far) == (1, 20)
+    medium = Demo(DemoOptions(out=tmp_path, preset=PRESETS["medium"]), echo=lambda s: None).train_config()
+    assert (medium.triplet_k_near, medium.triplet_k_far) == (5, 13), "the paper's losses keep the paper's pools"
+
+
 def test_blender_camera_conversion_round_trips():
     """A camera taken from Blender's matrix_world (with the import root's scale) gives back the same matrix."""
     from rerender.training.demo.shot import _camera_as_photo_camera

@@ -34,6 +34,7 @@ from .presets import DemoPreset
 log = logging.getLogger(__name__)
 
 STAGES = ("collection", "reconstruct", "dataset", "train", "evaluate", "shot", "frames", "media")
+STAGES_BEFORE_TRAINING = STAGES[:STAGES.index("train")]
 
 
 class DemoError(RuntimeError):
@@ -225,17 +226,22 @@ class Demo:
                 "splat_px": self.splat_px()}
 
     def train_config(self):
-        from rerender.training.config import SHORT_BUDGET, TrainConfig
+        from rerender.training.config import SHORT_BUDGET, TrainConfig, short_budget_triplets
 
         s1, s2, s3, sem = self.p.steps
         log_every = max(1, min(50, s2 // 10))
         big = self.p.photos >= 60  # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection
         losses = dict(SHORT_BUDGET) if self.p.short_budget else {}
+        if self.p.short_budget:
+            train_photos = int(self.result.summary.get("dataset", {}).get("train") or self.p.photos)
+            losses.update(short_budget_triplets(train_photos))
+        else:
+            losses.update(triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4)
         return TrainConfig(**losses,
             load_size=self.p.load_size, crop_size=self.p.crop_size, batch_size=self.p.batch_size, num_workers=0,
             cache_views=True, steps_stage1=s1, steps_stage2=s2, steps_stage3=s3, steps_semantic=sem,
             steps_baseline=s1 + s2 + s3, checkpoint_every=max(10, (s1 + s2 + s3) // 10), validate_every=10 ** 9,
-            log_every=log_every, num_val_images=2, triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4,
+            log_every=log_every, num_val_images=2,
             style_size=min(256, self.p.load_size), network=dict(self.p.network),
             vgg_width_divisor=self.p.vgg_width_divisor, features="auto",
             segmenter_weights=self.o.segmenter_weights,
@@ -259,7 +265,9 @@ class Demo:
             if self.p.train_seconds > 0:
                 from rerender.training.budget import run_within
 
-                run_within(trainer, time.monotonic() + self.p.train_seconds, progress=self.o.progress)
+                seconds = self.p.train_budget(sum(self.result.seconds.get(s, 0.0) for s in STAGES_BEFORE_TRAINING))
+                self.echo(f"training for {seconds:.0f} s of wall clock")
+                run_within(trainer, time.monotonic() + seconds, progress=self.o.progress)
             else:
                 trainer.run()
         except (DatasetError, TrainingError) as exc:

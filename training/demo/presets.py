@@ -15,7 +15,10 @@ segmenter's encoder or a shrunk random VGG19 is weak, colour-aware hard triplets
 benchmark with the same CPU time per configuration (docs/evaluation.md). GPU presets use the paper's losses.
 Why ``train_seconds`` on ``small``: the demo is there to show training, so it gets a fixed share of the demo's
 time on any machine (training/budget.py rescales the phases' step counts to the clock) instead of a step count
-whose time depends on the machine.
+whose time depends on the machine. Why ``after_train_seconds``: a machine whose photos render slower would shrink
+that share below half (measured: 310 s of photos on one 2-core Xeon against 284 s on another gave training 48.5 %
+of the run), so training gets at least as long as the other stages together: the ones before it, as they took, and
+the ones after it, as measured on the preset.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ class DemoPreset:
     min_coverage: float = 0.05  # drop views whose deep buffer covers less (sparse clouds of small runs cover little)
     short_budget: bool = False  # train with config.SHORT_BUDGET's losses (the CPU presets; see below)
     train_seconds: float = 0.0  # > 0: staged training is fitted to this wall-clock time (steps give the ratios)
+    after_train_seconds: float = 0.0  # the stages after training (evaluate, shot, frames, media) on a 2-core CPU
+
+    def train_budget(self, seconds_before: float) -> float:
+        """Wall-clock seconds of training: ``train_seconds``, or as long as every other stage together when the
+        stages before it (``seconds_before``) and those after it (``after_train_seconds``) take longer."""
+        return max(self.train_seconds, seconds_before + self.after_train_seconds)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +71,7 @@ PRESETS: dict[str, DemoPreset] = {
                         network={"base_channels": 16, "depth": 4, "max_channels": 128, "encoder_channels": 16,
                                  "encoder_blocks": 3},
                         vgg_width_divisor=4, frames=24, frame_size=(160, 120), eval_pairs=6, short_budget=True,
-                        train_seconds=420.0),
+                        train_seconds=420.0, after_train_seconds=80.0),
     "medium": DemoPreset("medium", photos=120, photo_size=(640, 480), quality="final", buffer_size=512,
                          val_count=10, load_size=256, crop_size=256, batch_size=8,
                          steps=(2000, 20000, 8000, 4000), frames=72, frame_size=(640, 480), eval_pairs=20),
