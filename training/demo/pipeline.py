@@ -230,13 +230,12 @@ class Demo:
 
         s1, s2, s3, sem = self.p.steps
         log_every = max(1, min(50, s2 // 10))
-        big = self.p.photos >= 60  # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection
-        losses = dict(SHORT_BUDGET) if self.p.short_budget else {}
         if self.p.short_budget:
             train_photos = int(self.result.summary.get("dataset", {}).get("train") or self.p.photos)
-            losses.update(short_budget_triplets(train_photos))
+            losses = {**SHORT_BUDGET, **short_budget_triplets(train_photos)}
         else:
-            losses.update(triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4)
+            big = self.p.photos >= 60  # the paper's triplet neighbourhoods (5 near, 13 far) need a large collection
+            losses = dict(triplet_k_near=5 if big else 2, triplet_k_far=13 if big else 4)
         return TrainConfig(**losses,
             load_size=self.p.load_size, crop_size=self.p.crop_size, batch_size=self.p.batch_size, num_workers=0,
             cache_views=True, steps_stage1=s1, steps_stage2=s2, steps_stage3=s3, steps_semantic=sem,
