@@ -22,7 +22,7 @@ import bpy
 import numpy as np
 
 from . import connection, photo_match, properties
-from .jobs import PARALLEL, JobRunner
+from .jobs import PARALLEL, JobRunner, runs_jobs_after
 from .looks import (  # noqa: F401  (re-exported: scripts and tests use these names from here)
     ENCODE_MAX_SIDE, ENCODE_MULTIPLE, THUMBNAIL_PREFIX, THUMBNAIL_SIDE, LookError, PhotoLookOperator, apply_look,
     encode_size, find_look, image_pixels, key_interpolation, load_photo, look_latent, look_names, mix_latents,
@@ -90,6 +90,7 @@ class RERENDER_OT_fetch_gallery(bpy.types.Operator):
     bl_idname = "rerender.fetch_gallery"
     bl_label = "Fetch Gallery"
 
+    @runs_jobs_after
     def execute(self, context: bpy.types.Context) -> set[str]:
         fetch_gallery_async(context.scene.name)
         self.report({"INFO"}, "Fetching the gallery from the backend …")
@@ -154,6 +155,7 @@ class RERENDER_OT_encode_photo(PhotoLookOperator, bpy.types.Operator):
     bl_idname = "rerender.encode_photo"
     bl_label = "Encode Photo"
 
+    @runs_jobs_after
     def execute(self, context: bpy.types.Context) -> set[str]:
         name = self.look_name()
         try:

@@ -11,17 +11,27 @@ something is in flight. Policies say what a second start does while a job runs:
 - ``LATEST_WINS``: it runs, and the older job's result is dropped when it ends (only the newest answer matters).
 
 Scripts and tests run inside the ``bpy`` module, where timers never fire: they call ``runner.wait()`` and
-``runner.deliver()`` themselves. No bpy at import time (bpy is imported only to register the timer) and no UI import
+``runner.deliver()`` themselves.
+
+A job started inside one of the add-on's operators (``@runs_jobs_after`` on its ``execute``/``invoke``) does not
+start its thread there: it starts when the operator has returned, from the pump (the UI), ``wait`` or ``deliver``
+(scripts). Why: on the Blenders built with Python 3.11 (4.5 LTS, 5.0), an operator called from Python under
+``bpy.context.temp_override`` runs its C part with the GIL released, and Blender then reads the override
+dictionary without taking the GIL whenever *another* thread holds it. A thread that alternates between Python and
+a blocking call (a socket wait) during that window crashes Blender. That is exactly what a job thread does right
+after it starts. With Python 3.12 and later (Blender 5.2, 5.3) the check is per thread and the crash cannot
+happen. docs/addon.md, "Threads and Blender", has the measurements. No bpy at import time (bpy is imported only to register the timer) and no UI import
 (``ui.py`` hands the pump its redraw through :func:`on_change`), so the runner is plain-Python testable and
 ``connection.py`` can use it without an import cycle.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 PARALLEL, ONE_AT_A_TIME, LATEST_WINS = "parallel", "one at a time", "latest wins"
 POLL_S = 0.25  # how often the pump looks for finished jobs while any is in flight
@@ -42,6 +52,16 @@ class Job:
     error: BaseException | None = None
     superseded: bool = False
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pending(self) -> bool:
+        """Queued by a start inside an operator; its thread starts once the operator returned."""
+        return self.thread is not None and self.thread.ident is None
+
+    @property
+    def alive(self) -> bool:
+        """Still to finish: running, or waiting to start."""
+        return self.pending or (self.thread is not None and self.thread.is_alive())
 
 
 class JobRunner:
@@ -71,7 +91,7 @@ class JobRunner:
     def running(self) -> bool:
         """Whether a (not superseded) job's thread is still working."""
         with self._lock:
-            return any(job.thread.is_alive() and not job.superseded for job in self._jobs)
+            return any(job.alive and not job.superseded for job in self._jobs)
 
     def start(self, what: str, work: Callable[[], Any], on_done: Callable[[Any], Any] | None = None) -> bool:
         """Run ``work()`` in a thread; ``on_done(result)`` runs later on the main thread. False when refused."""
@@ -85,31 +105,43 @@ class JobRunner:
 
         job.thread = threading.Thread(target=run, name=f"rerender-{self.name}", daemon=True)
         with self._lock:
-            running = [j for j in self._jobs if j.thread.is_alive() and not j.superseded]
+            running = [j for j in self._jobs if j.alive and not j.superseded]
             if running and self.policy == ONE_AT_A_TIME:
                 return False
             if self.policy == LATEST_WINS:
                 for old in running:
                     old.superseded = True
             self._jobs.append(job)
-            job.thread.start()
+            if _operator_depth == 0:
+                job.thread.start()
         ensure_pump()
         return True
+
+    def start_pending(self) -> None:
+        """Start the threads of jobs queued inside an operator (main thread, outside any operator)."""
+        if _operator_depth:
+            return
+        with self._lock:
+            for job in self._jobs:
+                if job.pending:
+                    job.thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every job's thread ended (scripts and tests only, never the UI); True if all did."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.start_pending()
         with self._lock:
             jobs = list(self._jobs)
         for job in jobs:
             job.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(job.thread.is_alive() for job in jobs)
+        return not any(job.alive for job in jobs)
 
     def deliver(self) -> list[tuple[str, str]]:
         """Apply finished jobs on the calling (main) thread; returns the (level, message) pairs they produced."""
+        self.start_pending()
         with self._lock:
-            done = [job for job in self._jobs if not job.thread.is_alive()]
-            self._jobs = [job for job in self._jobs if job.thread.is_alive()]
+            done = [job for job in self._jobs if not job.alive]
+            self._jobs = [job for job in self._jobs if job.alive]
         produced = []
         for job in done:
             if job.superseded:
@@ -126,6 +158,33 @@ class JobRunner:
             self.messages = (self.messages + produced)[-MESSAGES_KEPT:]
             self.generation += 1
         return produced
+
+
+# --- operators: job threads start after the operator returned ---------------------------------------------------
+
+_operator_depth = 0  # > 0 while the main thread runs one of the add-on's operators
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def runs_jobs_after(method: F) -> F:
+    """Decorate an operator's ``execute`` or ``invoke``: jobs it starts begin only after it returned (module
+    docstring). The wrapper has the method's exact parameters: Blender counts them when registering the class."""
+
+    def call(*args: Any) -> Any:
+        global _operator_depth
+        _operator_depth += 1
+        try:
+            return method(*args)
+        finally:
+            _operator_depth -= 1
+
+    if method.__code__.co_argcount == 2:
+        def wrapper(self, context):  # execute(self, context)
+            return call(self, context)
+    else:
+        def wrapper(self, context, event):  # invoke(self, context, event)
+            return call(self, context, event)
+    return functools.wraps(method)(wrapper)  # type: ignore[return-value]
 
 
 # --- the pump: the add-on's one main-thread timer ------------------------------------------------------------------
@@ -159,7 +218,7 @@ def pump() -> float | None:
     preview wants its frames on screen within 50 ms), None when nothing is left to wait for."""
     changed, due = False, None
     for runner in list(_runners):
-        changed |= bool(runner.deliver())
+        changed |= bool(runner.deliver())  # also starts the jobs an operator queued
         if runner.busy:
             due = POLL_S
     for watcher in list(_watchers):
@@ -184,7 +243,7 @@ def ensure_pump() -> None:
     except ImportError:  # plain Python: the caller delivers itself
         return
     if not bpy.app.background and not bpy.app.timers.is_registered(pump):
-        bpy.app.timers.register(pump, first_interval=POLL_S)
+        bpy.app.timers.register(pump, first_interval=0.0 if _operator_depth else POLL_S)
 
 
 def stop_pump() -> None:

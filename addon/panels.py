@@ -113,6 +113,7 @@ class RERENDER_OT_check_backend(bpy.types.Operator):
     bl_idname = "rerender.check_backend"
     bl_label = "Check"
 
+    @jobs.runs_jobs_after
     def execute(self, context: bpy.types.Context) -> set[str]:
         request_check(backend_settings(context))
         return {"FINISHED"}
@@ -124,6 +125,7 @@ class RERENDER_OT_launch_backend(bpy.types.Operator):
     bl_idname = "rerender.launch_backend"
     bl_label = "Launch Local"
 
+    @jobs.runs_jobs_after
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = backend_settings(context)
         try:

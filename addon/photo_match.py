@@ -30,7 +30,7 @@ import numpy as np
 
 from . import connection
 from ._bridge import bridge
-from .jobs import ONE_AT_A_TIME, JobRunner
+from .jobs import ONE_AT_A_TIME, JobRunner, runs_jobs_after
 from .looks import ENCODE_MAX_SIDE, LookError, PhotoLookOperator, photo_and_buffer, store_look, thumbnail_of
 from .preferences import backend_settings
 
@@ -217,6 +217,7 @@ class RERENDER_OT_match_photo(PhotoLookOperator, bpy.types.Operator):
     _timer = None
     _generation = 0
 
+    @runs_jobs_after
     def execute(self, context: bpy.types.Context) -> set[str]:
         name = self.look_name()
         try:

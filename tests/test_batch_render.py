@@ -1,9 +1,8 @@
 """Batch renders (docs/addon.md, "Animation renders"): the client's submit/collect, pipelined animation renders,
 resume, ETA.
 
-Real parts only: `rerender serve` subprocesses (one with a simulated fixed latency), real Blender (bpy) rendering
-EEVEE deep buffers inside the Neural Rerender engine, and for the latent check a real Server + ModelRuntime in this
-process whose runtime notes the latents it is given.
+Real parts only: `rerender serve` subprocesses (one with a simulated fixed latency, one whose runtime notes the
+latents it is given), real Blender (bpy) rendering EEVEE deep buffers inside the Neural Rerender engine.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support_backend import BackendProcess, free_tcp_address, make_small_bundle
+from support_backend import SMALL_BUNDLE_SIZES, BackendProcess, free_tcp_address, make_small_bundle
 
 from rerender.bridge import BackendUnavailable, Client, DeepBuffer
 
@@ -116,37 +115,38 @@ def test_frame_clock_gives_the_remaining_time_from_measured_frames():
 
 # --- Blender: pipelined animation renders -------------------------------------------------------------------------
 
-class RecordingRuntime:
-    """The real ModelRuntime, noting every latent the server hands it (what really reached the backend)."""
+# A `rerender serve` whose runtime appends the latents its requests hand it (the server's path, rerender_wire, so the
+# start-up warm-up is not counted) to the float32 file named by RERENDER_TEST_LATENTS. A subprocess, not a Server
+# thread in this process: on the Python 3.11 Blenders, a Python thread that runs beside an operator called under a
+# context override (the engine's nested deep-buffer render) can crash Blender (addon/jobs.py).
+RECORDING_SERVER = """
+import os, sys
+import numpy as np
+from rerender.backend import runtime
 
-    def __init__(self, runtime) -> None:
-        self._runtime = runtime
-        self.latents: list[np.ndarray] = []
+def recording(method):
+    def wrapper(self, frames, latents, **kwargs):
+        with open(os.environ["RERENDER_TEST_LATENTS"], "ab") as f:
+            f.write(np.asarray(latents, np.float32).tobytes())
+        return method(self, frames, latents, **kwargs)
+    return wrapper
 
-    def rerender(self, buffers, latents, **kwargs):
-        self.latents.extend(np.array(z, np.float32) for z in np.asarray(latents))
-        return self._runtime.rerender(buffers, latents, **kwargs)
-
-    def rerender_wire(self, wires, latents, **kwargs):  # the server's path: wire arrays straight to the runtime
-        self.latents.extend(np.array(z, np.float32) for z in np.asarray(latents))
-        return self._runtime.rerender_wire(wires, latents, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._runtime, name)
+runtime.ModelRuntime.rerender_wire = recording(runtime.ModelRuntime.rerender_wire)
+from rerender import main
+sys.exit(main())
+"""
 
 
-@pytest.fixture(scope="module")
-def recording_backend(bundle):
-    """A real Server + ModelRuntime in this process, serving on a free port, recording latents."""
-    from rerender.backend.runtime import ModelRuntime
-    from rerender.backend.server import Server
-
-    runtime = RecordingRuntime(ModelRuntime(bundle, "cpu"))
-    server = Server(runtime, free_tcp_address())
-    thread = server.start_in_thread()
-    yield server, runtime
-    server.stop()
-    thread.join(10)
+@pytest.fixture()
+def recording_backend(bundle, tmp_path, monkeypatch):
+    """A real `rerender serve` of the small bundle; ``read()`` gives the latents it was handed so far."""
+    latents = tmp_path / "latents.f32"
+    monkeypatch.setenv("RERENDER_TEST_LATENTS", str(latents))  # inherited by the server process
+    with BackendProcess(bundle, free_tcp_address(), entry=("-c", RECORDING_SERVER)) as proc:
+        def read() -> np.ndarray:
+            size = SMALL_BUNDLE_SIZES["latent_size"]
+            return np.fromfile(latents, np.float32).reshape(-1, size) if latents.exists() else np.zeros((0, size))
+        yield proc, read
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +215,8 @@ def test_pipelined_animation_sends_each_frame_the_fcurve_latent(shot, addon, rec
     import bpy
     from rerender.addon import batch, engine
 
-    server, runtime = recording_backend
-    addon.address, addon.timeout = server.bound_address, 20.0
-    runtime.latents.clear()
+    server, read_latents = recording_backend
+    addon.address, addon.timeout = server.address, 20.0
     batch.pipeline.hits = batch.pipeline.misses = 0
     engine.last_latents.clear()
     bpy.ops.render.render(scene=shot.name, animation=True)
@@ -229,7 +228,7 @@ def test_pipelined_animation_sends_each_frame_the_fcurve_latent(shot, addon, rec
     assert "s/frame" in batch.progress_line(shot, 3) and "left" in batch.progress_line(shot, 3)
     expected = [_fcurve_latent(shot, f) for f in range(1, 6)]
     assert not np.allclose(expected[1], (expected[0] + expected[2]) / 2, atol=1e-3), "Bezier, not linear"
-    received = sorted(runtime.latents, key=lambda z: z[0])  # the backend may see them in any batch order
+    received = sorted(read_latents(), key=lambda z: z[0])  # the backend may see them in any batch order
     assert len(received) == 5, "one request per frame: no frame rasterized twice, none lost"
     np.testing.assert_allclose(received, sorted(expected, key=lambda z: z[0]), rtol=0, atol=1e-6)
     for f in range(1, 6):

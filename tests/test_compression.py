@@ -60,7 +60,7 @@ def test_compressed_requests_are_served_like_plain_ones(tmp_path):
     bundle = init_bundle(tmp_path / "b", base_channels=8, depth=3, max_channels=16, latent_size=4,
                          encoder_channels=8, encoder_blocks=2, num_classes=6, seed=1)
     server = Server(ModelRuntime(bundle, "cpu"), f"ipc://{tmp_path}/rr.sock")
-    server.start_in_thread()
+    thread = server.start_in_thread()
     try:
         z = np.linspace(-1, 1, 4).astype(np.float32)
         with Client(server.bound_address, timeout=60) as plain, \
@@ -71,3 +71,4 @@ def test_compressed_requests_are_served_like_plain_ones(tmp_path):
             assert np.array_equal(packed.rerender(b, z), plain.rerender(b, z))
     finally:
         server.stop()
+        thread.join(10)  # no server thread may outlive its test: later Blender tests share this process

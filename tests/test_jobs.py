@@ -8,7 +8,10 @@ scheduled exactly while something is in flight and redraws only when something c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +131,51 @@ def test_the_viewport_preview_redraws_through_the_pump(monkeypatch):
     assert jobs.pump() == 0.05 and live.redraws == 1 and session._engines == [live]
     session.stop()
     assert jobs.pump() is None and jobs._watchers == []
+
+
+def test_jobs_started_inside_an_operator_begin_after_it_returned(gate):
+    """Blender (Python 3.11) must not see a job thread run while it finishes one of our operators (addon/jobs.py)."""
+    runner = _runner(jobs.ONE_AT_A_TIME)
+    seen = {}
+
+    class Operator:
+        @jobs.runs_jobs_after
+        def execute(self, context):
+            assert runner.start("encode", lambda: gate.wait(5) and "latent", lambda result: f"got {result}")
+            job = runner._jobs[-1]
+            seen["pending"], seen["busy"], seen["running"] = job.pending, runner.busy, runner.running
+            seen["second"] = runner.start("encode again", lambda: None)  # one at a time counts a queued job
+            return {"FINISHED"}
+
+    assert Operator().execute(None) == {"FINISHED"}
+    assert seen == {"pending": True, "busy": ["encode"], "running": True, "second": False}
+    assert runner._jobs[-1].pending, "nothing started it yet: the operator only queued it"
+    assert runner.deliver() == [] and not runner._jobs[-1].pending  # the pump's (or a script's) deliver starts it
+    gate.set()
+    assert runner.wait(5) and runner.deliver() == [("INFO", "got latent")]
+
+
+def test_an_operator_wrapper_keeps_the_parameters_blender_counts():
+    class Operator:
+        @jobs.runs_jobs_after
+        def execute(self, context):
+            return {"FINISHED"}
+
+        @jobs.runs_jobs_after
+        def invoke(self, context, event):
+            return {"RUNNING_MODAL"}
+
+    assert Operator.execute.__code__.co_argcount == 2 and Operator.invoke.__code__.co_argcount == 3
+    assert Operator().invoke(None, None) == {"RUNNING_MODAL"} and jobs._operator_depth == 0
+
+
+@pytest.mark.blender
+def test_blender_survives_our_operators_starting_jobs_under_a_context_override():
+    """The real thing: a Blender process calls a job-starting operator under temp_override for 10 s. Without
+    ``runs_jobs_after`` this crashed Blender 5.0 (Python 3.11) with SIGSEGV (benchmarks/bench_operator_threads.py)."""
+    pytest.importorskip("bpy")
+    probe = Path(__file__).resolve().parents[1] / "benchmarks" / "operator_thread_probe.py"
+    done = subprocess.run([sys.executable, str(probe), "10", "deferred"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"Blender died (exit {done.returncode}):\n{done.stderr[-2000:]}"
+    calls = int(next(ln for ln in done.stdout.splitlines() if ln.startswith("CALLS ")).split()[1])
+    assert calls > 100, f"only {calls} operator calls in 10 s"

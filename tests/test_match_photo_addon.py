@@ -140,8 +140,9 @@ def test_cancel_after_the_first_request_keeps_its_latent_and_stops(shot, backend
         appearance.match_photo_async(shot, photo_path, "second", steps=10, max_side=W)
     wait_for_first_request(state)
     assert photo_match.running_state() is state and "/400 steps, loss" in state.line()
-    with bpy.context.temp_override(scene=shot):
-        assert bpy.ops.rerender.cancel_match() == {"FINISHED"}
+    # Called as the Cancel button calls it, with no context override: on Python 3.11 Blenders an operator called
+    # under temp_override while the match thread runs can crash Blender (addon/jobs.py).
+    assert bpy.ops.rerender.cancel_match() == {"FINISHED"}
     assert photo_match.jobs.wait(30)
     messages = photo_match.jobs.deliver()
     assert messages[0][0] == "INFO" and "cancelled at" in messages[0][1], messages

@@ -64,8 +64,9 @@ def test_match_photo_stores_a_keyable_look_and_cancel_keeps_one(shot):
     while state.progress is None:
         assert time.monotonic() < deadline, "no progress from the match"
         time.sleep(0.02)
-    with bpy.context.temp_override(scene=shot):
-        assert bpy.ops.rerender.cancel_match() == {"FINISHED"}
+    # Called as the Cancel button calls it, with no context override: on Python 3.11 Blenders an operator called
+    # under temp_override while the match thread runs can crash Blender (addon/jobs.py).
+    assert bpy.ops.rerender.cancel_match() == {"FINISHED"}
     assert photo_match.jobs.wait(30)
     (level, message), = photo_match.jobs.deliver()
     assert level == "INFO" and "cancelled at" in message, message
