@@ -11,7 +11,9 @@ something is in flight. Policies say what a second start does while a job runs:
 - ``LATEST_WINS``: it runs, and the older job's result is dropped when it ends (only the newest answer matters).
 
 Scripts and tests run inside the ``bpy`` module, where timers never fire: they call ``runner.wait()`` and
-``runner.deliver()`` themselves.
+``runner.deliver()`` themselves. No bpy at import time (bpy is imported only to register the timer) and no UI import
+(``ui.py`` hands the pump its redraw through :func:`on_change`), so the runner is plain-Python testable and
+``connection.py`` can use it without an import cycle.
 
 A job started inside one of the add-on's operators (``@runs_jobs_after`` on its ``execute``/``invoke``) does not
 start its thread there: it starts when the operator has returned, from the pump (the UI), ``wait`` or ``deliver``
@@ -20,9 +22,7 @@ start its thread there: it starts when the operator has returned, from the pump 
 dictionary without taking the GIL whenever *another* thread holds it. A thread that alternates between Python and
 a blocking call (a socket wait) during that window crashes Blender. That is exactly what a job thread does right
 after it starts. With Python 3.12 and later (Blender 5.2, 5.3) the check is per thread and the crash cannot
-happen. docs/addon.md, "Threads and Blender", has the measurements. No bpy at import time (bpy is imported only to register the timer) and no UI import
-(``ui.py`` hands the pump its redraw through :func:`on_change`), so the runner is plain-Python testable and
-``connection.py`` can use it without an import cycle.
+happen. docs/addon.md, "Threads and Blender", has the measurements.
 """
 
 from __future__ import annotations

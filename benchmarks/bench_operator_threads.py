@@ -54,7 +54,7 @@ def main() -> int:
     results = {"python": version[0], "blender": " ".join(version[1:]), "seconds_per_mode": args.seconds,
                "rounds": [run_mode(args.python, mode, args.seconds) for _ in range(args.rounds) for mode in MODES]}
     for r in results["rounds"]:
-        state = "CRASHED" if r["crashed"] else "survived"
+        state = "CRASHED" if r["crashed"] else "survived" if r["returncode"] == 0 else "FAILED"  # e.g. no bpy
         print(f"{r['mode']:>9}: {state} (exit {r['returncode']}), {r['calls']} calls in {r['seconds']} s")
     for mode in MODES:
         rounds = [r for r in results["rounds"] if r["mode"] == mode]
